@@ -1,0 +1,41 @@
+"""Command groups whose implementation is planned but not yet part of medssl.
+
+Each command says so plainly and exits with code 1 instead of pretending to work.
+"""
+
+from __future__ import annotations
+
+import typer
+
+_PLANNED = {
+    "localize": "text-guided region localization (prompt -> ROI maps, BiomedCLIP+SAM, CLIPSeg, structures)",
+    "pretrain": "masked image modeling pretraining (SparK, random and text-guided masking, 2D and 3D)",
+    "finetune": "fine-tuning of pretrained encoders (classification, Mask R-CNN detection)",
+    "report": "HTML / markdown reports over run directories",
+}
+
+
+def _not_yet(group: str) -> None:
+    typer.echo(f"medssl {group}: {_PLANNED[group]} is not available in this version yet.", err=True)
+    raise typer.Exit(1)
+
+
+def _planned_group(group: str) -> typer.Typer:
+    sub = typer.Typer(help=f"[planned] {_PLANNED[group]}.", no_args_is_help=False,
+                      invoke_without_command=True)
+
+    @sub.callback(invoke_without_command=True)
+    def _cb() -> None:
+        _not_yet(group)
+
+    return sub
+
+
+localize_app = _planned_group("localize")
+pretrain_app = _planned_group("pretrain")
+finetune_app = _planned_group("finetune")
+
+
+def report() -> None:
+    """[planned] One-page HTML / markdown report over run directories."""
+    _not_yet("report")

@@ -1,0 +1,1 @@
+"""Readers and writers, datasets, samplers, transforms and the embedded synthetic datasets."""

@@ -1,0 +1,1 @@
+"""Run directories, manifests, metrics logging, atomic checkpoints, resume, seeding and devices."""
