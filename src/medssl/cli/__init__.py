@@ -51,7 +51,9 @@ def _root(
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point; turns user errors into one line on stderr and exit code 2."""
     try:
-        app(args=argv, standalone_mode=False)
+        rv = app(args=argv, standalone_mode=False)
+        if isinstance(rv, int) and rv:  # typer.Exit(code) becomes a return value in this mode
+            sys.exit(rv)
     except MedsslInputError as err:
         typer.echo(f"medssl: error: {err}", err=True)
         sys.exit(EXIT_USER_ERROR)

@@ -1,10 +1,169 @@
-"""``medssl semi``: semi-supervised 3D segmentation (CORN and its baselines)."""
+"""``medssl semi``: semi-supervised 3D segmentation (CORN and its baselines).
+
+Thin layer over :mod:`medssl.engine.semi` (``train_semi``, ``evaluate_run``, ``predict_file``).
+"""
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
 
 import typer
 
 app = typer.Typer(help="Semi-supervised 3D segmentation: train, evaluate, predict.", no_args_is_help=True)
+
+CONFIGS_DIR = Path(__file__).resolve().parents[3] / "configs"
+
+
+def _preset_path(config: Path | None, method: str | None) -> Path | None:
+    """``--config`` as given; a bare preset name (``atrium3d_corn``) is looked up in configs/semi/."""
+    if config is None:
+        return None
+    if config.is_file():
+        return config
+    for candidate in (CONFIGS_DIR / "semi" / f"{config}.yaml", CONFIGS_DIR / "semi" / str(config)):
+        if candidate.is_file():
+            return candidate
+    from medssl.errors import MedsslInputError
+
+    raise MedsslInputError(config, "config file not found (nor a preset name in configs/semi/)")
+
+
+@app.command("train")
+def train(
+    method: str | None = typer.Option(None, "--method", help="supervised | mean_teacher | ua_mt | dual_branch | caml | corn"),
+    data: str | None = typer.Option(None, "--data", help="Data spec: la:<root>, folder:<root> or a folder."),
+    labeled: int | None = typer.Option(None, "--labeled", help="Number of labeled training volumes."),
+    config: Path | None = typer.Option(None, "--config", help="YAML preset (a file or a name in configs/semi/)."),
+    name: str | None = typer.Option(None, "--name", help="Run name (default <method>_<labeled>l_s<seed>)."),
+    runs_root: Path | None = typer.Option(None, "--runs-root", help="Folder of run directories (default runs/)."),
+    iterations: int | None = typer.Option(None, "--iterations", help="Override max_iterations."),
+    seed: int | None = typer.Option(None, "--seed"),
+    init_encoder: Path | None = typer.Option(None, "--init-encoder", help="Pretrained 3D encoder weights."),
+    devices: str | None = typer.Option(None, "--devices", help="Devices per node (e.g. 2, auto)."),
+    num_nodes: int | None = typer.Option(None, "--num-nodes"),
+    strategy: str | None = typer.Option(None, "--strategy", help="auto | ddp"),
+    precision: str | None = typer.Option(None, "--precision", help="32-true | bf16-mixed | 16-mixed"),
+    accelerator: str | None = typer.Option(None, "--accelerator", help="auto | cpu | cuda"),
+    set_: list[str] = typer.Option([], "--set", help="Override any config key: dotted.key=value (repeatable)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run from its latest checkpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing run of that name first."),
+    quiet: bool = typer.Option(False, "--quiet", help="Plain log lines instead of progress bars."),
+) -> None:
+    """Train a semi-supervised segmentation method; evaluates the final checkpoint on validation cases."""
+    from medssl.config import load_config
+    from medssl.engine.semi import SemiTrainConfig, train_semi
+    from medssl.runtime.session import prepare_mode
+
+    mode = prepare_mode(resume, overwrite)
+    base: dict[str, Any] = {"runtime": {}, "data": {}}
+    preset = _preset_path(config, method)
+    if resume and preset is None:
+        base = _saved_config(name, runs_root)
+    overrides = list(set_)
+    flags = {"method": method, "data.spec": data, "data.labeled": labeled, "runtime.runs_root": runs_root,
+             "max_iterations": iterations, "runtime.seed": seed, "init_encoder": init_encoder,
+             "runtime.devices": devices, "runtime.num_nodes": num_nodes, "runtime.strategy": strategy,
+             "runtime.precision": precision, "runtime.accelerator": accelerator}
+    for key, value in flags.items():
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    if quiet:
+        overrides.append("runtime.quiet=true")
+    if name is not None:
+        overrides.append(f"runtime.name={name}")
+    elif not _has_name(base, preset, overrides):
+        overrides.append("runtime.name=__auto__")
+    cfg = load_config(SemiTrainConfig, preset, overrides, base=base)
+    if cfg.runtime.name == "__auto__":
+        cfg.runtime.name = f"{cfg.method}_{cfg.data.labeled}l_s{cfg.runtime.seed}"
+    result = train_semi(cfg, mode, command=sys.argv)
+    typer.echo(f"run: {result.run_dir}")
+    if result.evaluation is not None:
+        _print_summary(result.evaluation)
+
+
+def _has_name(base: dict[str, Any], preset: Path | None, overrides: list[str]) -> bool:
+    import yaml
+
+    if base.get("runtime", {}).get("name"):
+        return True
+    if preset is not None:
+        data = yaml.safe_load(preset.read_text(encoding="utf-8")) or {}
+        if isinstance(data, dict) and (data.get("runtime") or {}).get("name"):
+            return True
+    return any(o.startswith("runtime.name=") for o in overrides)
+
+
+def _saved_config(name: str | None, runs_root: Path | None) -> dict[str, Any]:
+    """The config saved in the run being resumed (so ``--resume --name X`` needs nothing else)."""
+    import yaml
+
+    from medssl.errors import MedsslInputError
+
+    if name is None:
+        raise MedsslInputError("--resume", "give --name of the run to resume (or --config with the preset)")
+    path = (runs_root or Path("runs")) / name / "config.yaml"
+    if not path.is_file():
+        raise MedsslInputError(path, "cannot resume: the run has no config.yaml")
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return data if isinstance(data, dict) else {}
+
+
+def _print_summary(result: Any) -> None:
+    summary_md = result.files.get("summary_md")
+    if summary_md is not None and Path(summary_md).is_file():
+        typer.echo(Path(summary_md).read_text(encoding="utf-8"))
+    else:
+        typer.echo(f"dice {result.mean('dice'):.4f}")
+
+
+@app.command("evaluate")
+def evaluate(
+    run: Path = typer.Argument(..., help="Run directory."),
+    data: str | None = typer.Option(None, "--data", help="Data spec to score (default: the run's data)."),
+    cases: Path | None = typer.Option(None, "--cases", help="Case list file to score (e.g. test.list)."),
+    split: str = typer.Option("val", "--split", help="With --data and no --cases: val | all."),
+    checkpoint: str = typer.Option("final", "--checkpoint",
+                                   help="final (the published protocol) | best (selected on validation "
+                                   "data, optimistic) | latest | an iteration number"),
+    out: Path | None = typer.Option(None, "--out", help="Output folder (default <run>/eval_<checkpoint>)."),
+    largest_component: bool = typer.Option(False, "--largest-component",
+                                           help="Keep the largest connected component (reported)."),
+    device: str | None = typer.Option(None, "--device"),
+    quiet: bool = typer.Option(False, "--quiet"),
+) -> None:
+    """Score a trained run: Dice, Jaccard, 95HD and ASD per case, in voxels and mm."""
+    from medssl.engine.semi import evaluate_run, read_run_config
+    from medssl.errors import MedsslInputError
+
+    if split not in ("val", "all"):
+        raise MedsslInputError("--split", f"expected val or all, got {split!r}")
+    inference = None
+    if largest_component:
+        inference = read_run_config(run).inference.model_copy(update={"largest_component": True})
+    if checkpoint == "best":
+        typer.echo("note: the 'best' checkpoint was selected on validation data; scores on those cases are "
+                   "optimistic", err=True)
+    result = evaluate_run(run, data=data, cases=cases, split=split, checkpoint=checkpoint, out=out,  # type: ignore[arg-type]
+                          device=device, inference=inference, quiet=quiet)
+    _print_summary(result)
+
+
+@app.command("predict")
+def predict(
+    run: Path = typer.Argument(..., help="Run directory."),
+    input_path: Path = typer.Option(..., "--input", help="Scan to segment (NIfTI, NRRD, DICOM folder, HDF5)."),
+    out: Path = typer.Option(..., "--out", help="Output NIfTI label map (source geometry kept)."),
+    checkpoint: str = typer.Option("final", "--checkpoint"),
+    device: str | None = typer.Option(None, "--device"),
+) -> None:
+    """Segment one scan with a trained run."""
+    from medssl.engine.semi import predict_file
+
+    written = predict_file(run, input_path, out, checkpoint=checkpoint, device=device)
+    typer.echo(f"wrote {written}")
 
 
 @app.command("methods")
