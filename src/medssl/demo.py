@@ -19,8 +19,10 @@ from pathlib import Path
 
 from medssl.errors import MedsslInputError
 
-#: (dataset, number of cases) synthesized by the demo.
-DEMO_DATASETS: tuple[tuple[str, int], ...] = (("atrium3d", 16), ("brain2d", 24), ("brain3d", 4), ("chest2d", 24))
+#: (dataset, number of cases, image size or None for the dataset's default) synthesized by the demo;
+#: atrium3d at 64x64x48 voxels (1.875 mm) to match the CPU presets in configs/semi/atrium3d_*.yaml.
+DEMO_DATASETS: tuple[tuple[str, int, tuple[int, ...] | None], ...] = (
+    ("atrium3d", 16, (64, 64, 48)), ("brain2d", 24, None), ("brain3d", 4, None), ("chest2d", 24, None))
 DEMO_SEED = 0
 CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
 
@@ -78,8 +80,8 @@ def run_demo(out: str | Path = "runs/demo", overwrite: bool = False, quiet: bool
     say = print
 
     t0 = time.monotonic()
-    for name, n in DEMO_DATASETS:
-        ds_root = synthesize(name, root / "data" / name, n=n, seed=DEMO_SEED)
+    for name, n, shape in DEMO_DATASETS:
+        ds_root = synthesize(name, root / "data" / name, n=n, seed=DEMO_SEED, shape=shape)
         result.datasets[name] = ds_root
         image, label = _first_case(ds_root)
         result.previews[name] = write_preview(image, root / "figures" / f"{name}_preview.png", label=label)

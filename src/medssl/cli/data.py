@@ -16,11 +16,20 @@ def synth(
     n: int = typer.Option(8, "--n", help="Number of images / volumes."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives identical files."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing non-empty folder."),
+    shape: str | None = typer.Option(None, "--shape", help="Image size, e.g. 64,64,48 (same field of view; "
+                                     "the voxel spacing scales). Default: the dataset's own."),
 ) -> None:
     """Generate an embedded dataset deterministically and write it as ordinary NIfTI / PNG / JSON."""
     from medssl.data.synthetic import synthesize
+    from medssl.errors import MedsslInputError
 
-    root = synthesize(name, out, n=n, seed=seed, overwrite=overwrite)
+    size = None
+    if shape is not None:
+        try:
+            size = tuple(int(v) for v in shape.replace("x", ",").split(","))
+        except ValueError:
+            raise MedsslInputError("--shape", f"expected integers like 64,64,48, got {shape!r}") from None
+    root = synthesize(name, out, n=n, seed=seed, overwrite=overwrite, shape=size)
     typer.echo(f"wrote {name} ({n} cases, seed {seed}) to {root}")
 
 

@@ -138,7 +138,11 @@ def _prepare(
     image: Tensor | np.ndarray, patch: Sequence[int], stride: Sequence[int], device: torch.device
 ) -> tuple[Tensor, tuple[tuple[int, int], ...]]:
     """Image (H, W[, D]) → zero-padded float32 tensor (H', W'[, D']) on ``device`` and its pads."""
-    img = torch.as_tensor(np.asarray(image) if not isinstance(image, Tensor) else image)
+    if isinstance(image, Tensor):
+        img = image
+    else:
+        arr = np.asarray(image)
+        img = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
     _check_geometry(img.ndim, patch, stride)
     img = img.to(device=device, dtype=torch.float32)
     pads = pad_widths(tuple(img.shape), patch)

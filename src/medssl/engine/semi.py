@@ -341,7 +341,7 @@ def train_semi(
         fabric.print(f"initialised {', '.join(init_report['modules'])} from {init_report['path']}")
     optimizer = torch.optim.SGD(method.trainable_parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                                 weight_decay=cfg.optim.weight_decay)
-    model, optimizer = fabric.setup(model=method, optimizer=optimizer)
+    model, optimizer = fabric.setup(method, optimizer)
     sampler = TwoStreamBatchSampler(splits.labeled, splits.unlabeled, cfg.data.labeled_bs, unlabeled_bs,
                                     seed=cfg.runtime.seed, rank=fabric.global_rank, world_size=fabric.world_size)
     batch_fn = build_semi_batch_fn(dataset, sampler, cfg.data.patch, fabric.device)
@@ -510,7 +510,9 @@ def predict_file(
 ) -> Path:
     """Segment one scan (NIfTI / NRRD / DICOM / HDF5) and write a NIfTI label map with its geometry.
 
-    The scan is z-score normalised over the whole volume like the training data.
+    The scan is z-score normalised over the whole volume like the training data; a run trained on
+    resampled volumes (``data.zoom``) predicts on the resampled grid and the probabilities are
+    resampled back to the scan's grid.
     """
     from medssl.data.io import read_image, write_nifti
     from medssl.engine.inference import probs_to_mask
@@ -520,7 +522,15 @@ def predict_file(
     img = read_image(input_path, ndim=3)
     arr = np.asarray(img.array, dtype=np.float32)
     arr = (arr - arr.mean()) / max(float(arr.std()), 1e-8)
-    probs = _predictor(net, cfg.inference, dev)(arr)
+    if cfg.data.zoom != 1.0:  # the network saw resampled volumes: predict there, resample back
+        from scipy import ndimage
+
+        small = ndimage.zoom(arr, cfg.data.zoom, order=1)
+        probs_small = _predictor(net, cfg.inference, dev)(small)
+        factors = [1.0] + [a / b for a, b in zip(arr.shape, small.shape, strict=True)]
+        probs = ndimage.zoom(probs_small, factors, order=1)
+    else:
+        probs = _predictor(net, cfg.inference, dev)(arr)
     mask = probs_to_mask(probs, largest_component=cfg.inference.largest_component)
     out = write_nifti(out_path, mask, img.affine)
     if probabilities:

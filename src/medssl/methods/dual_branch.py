@@ -38,7 +38,9 @@ class DualBranchConfig(MethodConfig):
     sup_weight: float = Field(0.5, ge=0.0)
     temperature: float = Field(0.4, gt=0.0, description="sharpening temperature T")
     cons_weight: float = Field(1.0, ge=0.0, description="maximum weight of the cross-branch consistency")
-    rampup_length: float = Field(40.0, ge=0.0, description="ramp length in units of 150 iterations")
+    rampup_length: float = Field(40.0, ge=0.0, description="ramp length in units of ramp_unit iterations")
+    ramp_unit: int = Field(150, ge=1, description="iterations per ramp unit (150 published; 1 gives a "
+                           "smooth ramp for short CPU runs)")
 
 
 class DualBranchMethod(SemiMethod):
@@ -60,7 +62,7 @@ class DualBranchMethod(SemiMethod):
 
     def ramp(self, iteration: int, max_weight: float) -> float:
         """Ramp weight at 0-based ``iteration`` (the reference's counter is ``iteration + 1``)."""
-        return ramp_weight(iteration + 1, max_weight, self.config.rampup_length)
+        return ramp_weight(iteration + 1, max_weight, self.config.rampup_length, self.config.ramp_unit)
 
     def supervised_loss(self, logits: tuple[Tensor, Tensor], probs: tuple[Tensor, Tensor],
                         label: Tensor) -> Tensor:

@@ -34,7 +34,9 @@ class MeanTeacherConfig(MethodConfig):
     network: NetworkConfig = Field(default_factory=NetworkConfig)
     ema_decay: float = Field(0.99, ge=0.0, lt=1.0)
     cons_weight: float = Field(0.1, ge=0.0, description="maximum consistency weight")
-    rampup_length: float = Field(40.0, ge=0.0, description="ramp length in units of 150 iterations")
+    rampup_length: float = Field(40.0, ge=0.0, description="ramp length in units of ramp_unit iterations")
+    ramp_unit: int = Field(150, ge=1, description="iterations per ramp unit (150 published; 1 gives a "
+                           "smooth ramp for short CPU runs)")
     noise_std: float = Field(0.1, ge=0.0, description="std of the teacher's Gaussian input noise")
     noise_clip: float = Field(0.2, ge=0.0, description="the noise is clamped to +-noise_clip")
 
@@ -77,7 +79,7 @@ class MeanTeacherMethod(SemiMethod):
             teacher_logits, _ = self.teacher(teacher_input)
         sup, logs = self._supervised(logits, batch)
         cons = softmax_mse(logits[lbs:], teacher_logits).mean()
-        w = ramp_weight(iteration, self.config.cons_weight, self.config.rampup_length)
+        w = ramp_weight(iteration, self.config.cons_weight, self.config.rampup_length, self.config.ramp_unit)
         loss = sup + w * cons
         logs.update(loss=float(loss.detach()), loss_cons=float(cons.detach()), w_cons=w)
         return StepOutput(loss, logs)

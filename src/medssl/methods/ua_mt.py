@@ -69,7 +69,7 @@ class UAMTMethod(MeanTeacherMethod):
         mask = (uncertainty < threshold).to(logits.dtype)
         dist = softmax_mse(logits[lbs:], teacher_logits)
         cons = (mask * dist).sum() / (2.0 * mask.sum() + 1e-16)
-        w = ramp_weight(iteration, self.config.cons_weight, self.config.rampup_length)
+        w = ramp_weight(iteration, self.config.cons_weight, self.config.rampup_length, self.config.ramp_unit)
         loss = sup + w * cons
         logs.update(loss=float(loss.detach()), loss_cons=float(cons.detach()), w_cons=w,
                     threshold=threshold, certain_frac=float(mask.mean()))
