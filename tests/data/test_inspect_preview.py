@@ -17,11 +17,11 @@ from medssl.data.inspect import PERCENTILES, inspect_path
 from medssl.data.io import ImageData, read_image, write_nifti, write_png
 from medssl.data.preview import preview_panels, slice_indices, write_preview
 from medssl.errors import MedsslInputError
+from shared_paths import SHARED
 
 
 def _shared_root() -> Path:
-    env = os.environ.get("MEDSSL_SHARED")
-    return Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared"
+    return SHARED
 
 
 def _la_cases(n: int) -> list[Path]:

@@ -26,13 +26,13 @@ from medssl.data.io import (
     write_png,
 )
 from medssl.errors import MedsslInputError
+from shared_paths import SHARED
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 def _shared_root() -> Path:
-    env = os.environ.get("MEDSSL_SHARED")
-    return Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared"
+    return SHARED
 
 
 def _la_case() -> Path:

@@ -1,4 +1,3 @@
-import os
 from pathlib import Path
 
 import h5py
@@ -9,9 +8,8 @@ import pytest
 from medssl.data.la import LeftAtriumDataset, crop_bounds, la_default_splits, prepare_la, read_split
 from medssl.data.spec import VolumeDataset, open_volume_dataset
 from medssl.errors import MedsslInputError
+from shared_paths import SHARED
 
-REPO = Path(__file__).resolve().parents[2]
-SHARED = Path(os.environ.get("MEDSSL_SHARED", REPO.parent / "shared"))
 LA = SHARED / "data" / "la"
 TRAIN_LIST = SHARED / "data" / "la_splits" / "train.list"
 CASE = "06SR5RBREL16DQ6M8LWS"  # first entry of train.list

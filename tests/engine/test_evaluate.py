@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 from pathlib import Path
 
 import nibabel as nib
@@ -19,6 +18,7 @@ from medssl.engine.evaluate import EvalCase, evaluate_cases, prediction_to_label
 from medssl.engine.inference import sliding_window_predictor
 from medssl.errors import MedsslInputError
 from medssl.viz import GT_COLOUR, PRED_COLOUR, segmentation_overlay
+from shared_paths import SHARED
 
 SHAPE = (12, 12, 10)
 
@@ -161,7 +161,7 @@ def test_case_validation_and_prediction_shapes() -> None:
 
 
 def _shared_root() -> Path:
-    return Path(os.environ.get("MEDSSL_SHARED", Path(__file__).resolve().parents[2].parent / "shared"))
+    return SHARED
 
 
 def test_overlay_of_a_real_left_atrium_case(tmp_path: Path) -> None:

@@ -25,9 +25,7 @@ from medssl.engine.semi import (
 )
 from medssl.errors import MedsslInputError
 from medssl.runtime.metrics_log import read_metrics
-
-REPO = Path(__file__).resolve().parents[2]
-SHARED = REPO.parent / "shared"
+from shared_paths import SHARED
 
 TINY = {
     "method_config": {"network": {"base_width": 4}},
