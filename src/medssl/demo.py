@@ -81,7 +81,7 @@ def run_demo(out: str | Path = "runs/demo", overwrite: bool = False, quiet: bool
 
     t0 = time.monotonic()
     for name, n, shape in DEMO_DATASETS:
-        ds_root = synthesize(name, root / "data" / name, n=n, seed=DEMO_SEED, shape=shape)
+        ds_root = synthesize(name, root / "data" / name, n=n, seed=DEMO_SEED, shape=shape, quiet=quiet)
         result.datasets[name] = ds_root
         image, label = _first_case(ds_root)
         result.previews[name] = write_preview(image, root / "figures" / f"{name}_preview.png", label=label)
@@ -89,11 +89,13 @@ def run_demo(out: str | Path = "runs/demo", overwrite: bool = False, quiet: bool
     result.seconds["synthesize"] = time.monotonic() - t0
 
     t0 = time.monotonic()
-    base = {"runtime": {"name": "corn_atrium3d", "runs_root": str(root / "runs"), "quiet": quiet},
-            "data": {"spec": f"folder:{result.datasets['atrium3d']}"}}
-    overrides = [f"max_iterations={iterations}"] if iterations is not None else []
-    cfg = load_config(SemiTrainConfig, CONFIGS_DIR / "semi" / "atrium3d_corn.yaml", overrides, base=base)
-    cfg = cfg.model_copy(update={"evaluate_after": False})
+    cfg = load_config(SemiTrainConfig, CONFIGS_DIR / "semi" / "atrium3d_corn.yaml",
+                      base={"runtime": {"name": "corn_atrium3d"}})
+    cfg.runtime.runs_root, cfg.runtime.quiet = root / "runs", quiet
+    cfg.data.spec = f"folder:{result.datasets['atrium3d']}"
+    cfg.evaluate_after = False  # evaluated below on the held-out test volumes
+    if iterations is not None:
+        cfg.max_iterations = iterations
     trained = train_semi(cfg, command=["medssl", "demo"])
     result.semi_run = trained.run_dir
     result.seconds["train_corn"] = time.monotonic() - t0

@@ -18,6 +18,7 @@ def synth(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing non-empty folder."),
     shape: str | None = typer.Option(None, "--shape", help="Image size, e.g. 64,64,48 (same field of view; "
                                      "the voxel spacing scales). Default: the dataset's own."),
+    quiet: bool = typer.Option(False, "--quiet", help="Plain log lines instead of a progress bar."),
 ) -> None:
     """Generate an embedded dataset deterministically and write it as ordinary NIfTI / PNG / JSON."""
     from medssl.data.synthetic import synthesize
@@ -29,7 +30,7 @@ def synth(
             size = tuple(int(v) for v in shape.replace("x", ",").split(","))
         except ValueError:
             raise MedsslInputError("--shape", f"expected integers like 64,64,48, got {shape!r}") from None
-    root = synthesize(name, out, n=n, seed=seed, overwrite=overwrite, shape=size)
+    root = synthesize(name, out, n=n, seed=seed, overwrite=overwrite, shape=size, quiet=quiet)
     typer.echo(f"wrote {name} ({n} cases, seed {seed}) to {root}")
 
 

@@ -16,8 +16,7 @@ optimiser, schedule, checkpoints, resume, devices) is shared through :func:`meds
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -29,7 +28,7 @@ from pydantic import Field, field_validator
 
 from medssl.config import MedsslConfig, RuntimeConfig, load_config
 from medssl.data.samplers import TwoStreamBatchSampler, sample_seed
-from medssl.data.spec import VolumeDataset, open_volume_dataset, parse_spec
+from medssl.data.spec import SegmentationCase, VolumeDataset, open_volume_dataset, parse_spec
 from medssl.data.transforms import LeftAtriumAugment
 from medssl.engine.evaluate import EvalCase, EvalResult, evaluate_cases
 from medssl.engine.inference import sliding_window_predictor
@@ -219,7 +218,7 @@ class _Subset:
     def __len__(self) -> int:
         return len(self.indices)
 
-    def load(self, i: int):  # noqa: ANN201 - SegmentationCase
+    def load(self, i: int) -> SegmentationCase:
         return self.base.load(self.indices[i])
 
 
@@ -228,7 +227,7 @@ def build_semi_batch_fn(
     sampler: TwoStreamBatchSampler,
     patch: Sequence[int],
     device: torch.device,
-):
+) -> Callable[[int], SemiBatch]:
     """``batch_fn(iteration) -> SemiBatch``: a pure function of (seed, iteration, rank).
 
     Each sample is augmented (random rot90 + flip, random crop of ``patch``) with its own generator
@@ -267,7 +266,7 @@ def _eval_cases(dataset: VolumeDataset, indices: Sequence[int]) -> list[EvalCase
 
 
 # ------------------------------------------------------------------------------------- training
-def _lr_schedule(optim: OptimConfig):
+def _lr_schedule(optim: OptimConfig) -> Callable[[int], float] | None:
     if optim.lr_step is None:
         return None
     step, gamma = optim.lr_step, optim.lr_gamma
@@ -346,7 +345,7 @@ def train_semi(
                                     seed=cfg.runtime.seed, rank=fabric.global_rank, world_size=fabric.world_size)
     batch_fn = build_semi_batch_fn(dataset, sampler, cfg.data.patch, fabric.device)
 
-    def step_fn(batch: SemiBatch, iteration: int):
+    def step_fn(batch: SemiBatch, iteration: int) -> tuple[torch.Tensor, dict[str, float]]:
         out = model.training_step(batch, iteration)
         return out.loss, out.logs
 
@@ -376,7 +375,9 @@ def train_semi(
 
 
 # ----------------------------------------------------------------------------------- inference
-def _predictor(net: torch.nn.Module, inf: InferenceConfig, device: torch.device | str | None):
+def _predictor(
+    net: torch.nn.Module, inf: InferenceConfig, device: torch.device | str | None
+) -> Callable[[np.ndarray], np.ndarray]:
     return sliding_window_predictor(net, patch=inf.patch, stride=inf.stride, n_classes=_n_classes(net),
                                     batch_size=inf.batch_size, precision=inf.precision, device=device)
 
@@ -538,6 +539,3 @@ def predict_file(
     return out
 
 
-def command_line() -> list[str]:
-    """The current command line, for manifests."""
-    return list(sys.argv)

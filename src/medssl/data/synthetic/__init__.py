@@ -132,7 +132,7 @@ SYNTHETIC_DATASETS: dict[str, SyntheticDataset] = {
 
 
 def synthesize(name: str, out: str | Path, n: int = 8, seed: int = 0, overwrite: bool = False,
-               shape: tuple[int, ...] | None = None) -> Path:
+               shape: tuple[int, ...] | None = None, quiet: bool = True) -> Path:
     """Generate the embedded dataset ``name`` into ``out`` and return ``out``.
 
     Args:
@@ -149,4 +149,5 @@ def synthesize(name: str, out: str | Path, n: int = 8, seed: int = 0, overwrite:
     """
     if name not in SYNTHETIC_DATASETS:
         raise MedsslInputError(name, f"unknown synthetic dataset (choose from {', '.join(SYNTHETIC_DATASETS)})")
-    return synthesize_dataset(SYNTHETIC_DATASETS[name], out, n=n, seed=seed, overwrite=overwrite, shape=shape)
+    return synthesize_dataset(SYNTHETIC_DATASETS[name], out, n=n, seed=seed, overwrite=overwrite, shape=shape,
+                              quiet=quiet)

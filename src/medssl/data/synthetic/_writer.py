@@ -40,6 +40,7 @@ from medssl.data.synthetic._common import (
     split_case_ids,
 )
 from medssl.errors import MedsslInputError
+from medssl.runtime.progress import progress_bar
 from medssl.runtime.atomic import write_json_atomic, write_text_atomic
 
 #: A case generator: ``(rng, class name or None) -> case dict`` (see :class:`SyntheticDataset`).
@@ -115,11 +116,12 @@ def _replace_folder(tmp: Path, out: Path) -> None:
 
 
 def synthesize_dataset(spec: SyntheticDataset, out: str | Path, n: int, seed: int, overwrite: bool = False,
-                       shape: tuple[int, ...] | None = None) -> Path:
+                       shape: tuple[int, ...] | None = None, quiet: bool = True) -> Path:
     """Generate ``n`` cases of ``spec`` from ``seed`` and write them under ``out`` (layout above).
 
     The same ``(spec, n, seed, shape)`` writes byte-identical files; case ``i`` comes from child seed
-    ``i`` of ``SeedSequence(seed)`` and is the same for every ``n > i``.
+    ``i`` of ``SeedSequence(seed)`` and is the same for every ``n > i``. ``quiet=False`` shows a
+    progress bar.
     """
     out = Path(out)
     if n < 2:
@@ -142,15 +144,17 @@ def synthesize_dataset(spec: SyntheticDataset, out: str | Path, n: int, seed: in
         ext = spec.extension
         class_rows: list[tuple[str, str, str]] = []
         coco = _CocoBuilder(spec.coco_categories)
-        for i, child in enumerate(case_seeds(seed, n)):
-            cid = ids[i]
-            cls = class_of_case(seed, i, spec.classes) if spec.classes else None
-            case = generate(np.random.default_rng(child), cls)
-            _write_case(tmp, cid, case, ext, spacing)
-            if spec.classes:
-                class_rows.append((f"images/{cid}{ext}", str(case["class"]), split_of[cid]))
-            if spec.coco_categories:
-                coco.add_image(f"images/{cid}{ext}", case["label"].shape, case.get("instances", []))
+        with progress_bar(n, f"synthesize {spec.name}", quiet=quiet) as bar:
+            for i, child in enumerate(case_seeds(seed, n)):
+                cid = ids[i]
+                cls = class_of_case(seed, i, spec.classes) if spec.classes else None
+                case = generate(np.random.default_rng(child), cls)
+                _write_case(tmp, cid, case, ext, spacing)
+                if spec.classes:
+                    class_rows.append((f"images/{cid}{ext}", str(case["class"]), split_of[cid]))
+                if spec.coco_categories:
+                    coco.add_image(f"images/{cid}{ext}", case["label"].shape, case.get("instances", []))
+                bar.update(i + 1)
 
         write_text_atomic(tmp / "train.list", "".join(f"{c}\n" for c in train))
         write_text_atomic(tmp / "test.list", "".join(f"{c}\n" for c in test))

@@ -1,0 +1,470 @@
+"""Helpers shared by the medssl benchmark scripts: paths, threads, tables, result files, plots.
+
+Every benchmark writes JSON + a markdown table under ``benchmarks/results/`` (``--quick`` smoke runs go
+to ``benchmarks/results/raw/quick/`` so that they never replace the real tables) and prints the command
+that regenerates its results.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "benchmarks"
+RESULTS = BENCH / "results"
+RAW = RESULTS / "raw"
+QUICK = RAW / "quick"
+WORK = BENCH / "work"
+PRESETS = REPO / "configs" / "semi"
+PYTHON = ".venv/bin/python"
+
+#: The six semi-supervised methods, in the order tables list them.
+METHODS: tuple[str, ...] = ("supervised", "mean_teacher", "ua_mt", "dual_branch", "caml", "corn")
+
+
+def shared_root() -> Path:
+    """The data folder beside the repository (``<repo>/../shared``), or ``$MEDSSL_SHARED``."""
+    return Path(os.environ.get("MEDSSL_SHARED", REPO.parent / "shared"))
+
+
+def results_root(quick: bool) -> Path:
+    """Where a benchmark writes its tables: ``benchmarks/results`` (``raw/quick`` for smoke runs)."""
+    return QUICK if quick else RESULTS
+
+
+#: Default torch threads on a CPU. One: on a machine whose cores are shared with other work, two
+#: OpenMP threads were measured 10-15x slower than one (threads spin waiting for a busy core).
+DEFAULT_THREADS = 1
+
+
+def set_threads(threads: int | None) -> int:
+    """Set torch's intra-op threads (``None``: :data:`DEFAULT_THREADS`); returns the number in use."""
+    import torch
+
+    n = threads if threads is not None else DEFAULT_THREADS
+    torch.set_num_threads(max(1, int(n)))
+    return torch.get_num_threads()
+
+
+def regenerate_command(script: str, argv: Sequence[str] | None = None) -> str:
+    """The shell command (from the repository root) that reruns ``script`` with ``argv``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    return " ".join([PYTHON, f"benchmarks/{script}", *(shlex.quote(a) for a in args)])
+
+
+def environment(threads: int, device: str = "cpu") -> dict[str, Any]:
+    """Facts that make timings comparable: versions, threads, device, CPU, date (UTC)."""
+    import torch
+
+    info: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
+                            "threads": threads, "device": device, "cpu_count": os.cpu_count(),
+                            "machine": platform.machine(), "processor": _cpu_name(),
+                            "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A GitHub markdown table (cells converted with ``str``)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def finite(values: Iterable[float | None]) -> list[float]:
+    """The finite numbers of ``values`` (drops None and NaN)."""
+    return [float(v) for v in values if v is not None and math.isfinite(float(v))]
+
+
+def mean_std(values: Iterable[float | None], scale: float = 1.0, digits: int = 2) -> str:
+    """``mean ± std`` (sample std over the finite values, times ``scale``); ``—`` when none."""
+    vals = [v * scale for v in finite(values)]
+    if not vals:
+        return "—"
+    if len(vals) == 1:
+        return f"{vals[0]:.{digits}f}"
+    return f"{statistics.fmean(vals):.{digits}f} ± {statistics.stdev(vals):.{digits}f}"
+
+
+def write_outputs(out_dir: Path, stem: str, data: dict[str, Any], markdown: str) -> tuple[Path, Path]:
+    """Write ``<out_dir>/<stem>.json`` and ``<stem>.md`` atomically; returns both paths."""
+    from medssl.runtime.atomic import write_json_atomic, write_text_atomic
+
+    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+    write_json_atomic(json_path, data)
+    write_text_atomic(md_path, markdown.rstrip() + "\n")
+    return json_path, md_path
+
+
+def rel(path: Path) -> str:
+    """``path`` relative to the repository root when inside it (for tables and logs)."""
+    try:
+        return Path(path).resolve().relative_to(REPO).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def say(message: str) -> None:
+    """One progress line on stdout, flushed (benchmarks run for long and are often piped)."""
+    print(f"[bench] {message}", flush=True)
+
+
+# ------------------------------------------------------------------------ semi-supervised grids
+#: Per-run metrics copied into the result files (fractions for Dice / Jaccard, voxels and mm).
+RUN_METRICS: tuple[str, ...] = ("dice", "jaccard", "hd95_vox", "asd_vox", "hd95_mm", "asd_mm")
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    """One (method, labeled volumes, seed) run of a semi-supervised benchmark grid."""
+
+    method: str
+    labeled: int
+    seed: int
+
+    @property
+    def key(self) -> str:
+        """File-name key, e.g. ``corn_l4_s1337``."""
+        return f"{self.method}_l{self.labeled}_s{self.seed}"
+
+    @classmethod
+    def parse(cls, key: str) -> GridPoint:
+        """Inverse of :attr:`key`."""
+        method, labeled, seed = key.rsplit("_", 2)
+        if not (labeled.startswith("l") and seed.startswith("s")):
+            raise ValueError(f"not a grid key: {key!r}")
+        return cls(method, int(labeled[1:]), int(seed[1:]))
+
+
+def grid(methods: Sequence[str], labeled: Sequence[int], seeds: Sequence[int]) -> list[GridPoint]:
+    """Every combination, ordered label count → seed → method (so a partial grid is balanced)."""
+    return [GridPoint(m, n, s) for n in labeled for s in seeds for m in methods]
+
+
+def load_preset(preset: Path, overrides: Sequence[str] = ()) -> Any:
+    """A :class:`SemiTrainConfig` from a preset and ``--set`` overrides (run name: a placeholder)."""
+    from medssl.config import load_config
+    from medssl.engine.semi import SemiTrainConfig
+
+    return load_config(SemiTrainConfig, preset, list(overrides), base={"runtime": {"name": "preset"}})
+
+
+def scaled_schedule(cfg: Any, iterations: int) -> list[str]:
+    """``--set`` overrides that shorten a preset to ``iterations`` keeping its schedule's proportions.
+
+    The loss ramp becomes smooth (``ramp_unit`` 1) and reaches full weight at the same fraction of
+    training as in the preset (``rampup_length · ramp_unit / max_iterations``); a step learning-rate
+    decay (``optim.lr_step``) keeps its fraction too.
+    """
+    from medssl.methods import METHODS
+
+    fields = METHODS[cfg.method].config_class.model_fields
+    frac = iterations / cfg.max_iterations
+    out = [f"max_iterations={iterations}"]
+    if "rampup_length" in fields:
+        mc = cfg.method_config
+        length = float(mc.get("rampup_length", fields["rampup_length"].default))
+        unit = int(mc.get("ramp_unit", fields["ramp_unit"].default))
+        out += ["method_config.ramp_unit=1", f"method_config.rampup_length={max(1, round(length * unit * frac))}"]
+    if cfg.optim.lr_step is not None:
+        out.append(f"optim.lr_step={max(1, round(cfg.optim.lr_step * frac))}")
+    return out
+
+
+def config_id(cfg: Any) -> str:
+    """Short hash of a resolved config without its ``runtime`` part: the protocol of one run."""
+    import hashlib
+    import json as _json
+
+    from medssl.config import config_to_dict
+
+    data = config_to_dict(cfg)
+    data.pop("runtime", None)
+    return hashlib.sha1(_json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+@dataclass
+class PointJob:
+    """Everything needed to train and score one grid point (plain data: a subprocess rebuilds it)."""
+
+    benchmark: str
+    point: GridPoint
+    preset: Path
+    overrides: list[str]
+    results_dir: Path
+    runs_root: Path
+    protocol: dict[str, Any]
+    eval_cases: Path | None = None  # None: the run's own validation cases
+    eval_batch: int | None = None
+    threads: int | None = None
+    command: str = ""
+    keep_checkpoints: bool = False
+
+    def result_path(self) -> Path:
+        return self.results_dir / f"{self.point.key}.json"
+
+    def config(self) -> Any:
+        """The resolved :class:`SemiTrainConfig` of this point."""
+        from medssl.config import load_config
+        from medssl.engine.semi import SemiTrainConfig
+
+        base = {"runtime": {"name": self.point.key, "runs_root": str(self.runs_root), "quiet": True}}
+        sets = [*self.overrides, f"data.labeled={self.point.labeled}", f"runtime.seed={self.point.seed}",
+                "evaluate_after=false"]
+        return load_config(SemiTrainConfig, self.preset, sets, base=base)
+
+    def status(self) -> str:
+        """``todo`` (no result), ``done`` (a result with this protocol) or ``mismatch`` (another protocol)."""
+        out = self.result_path()
+        if not out.is_file():
+            return "todo"
+        try:
+            old = json.loads(out.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return "todo"
+        return "done" if old.get("config_id") == config_id(self.config()) else "mismatch"
+
+
+class ProtocolMismatch(RuntimeError):
+    """An existing result was produced with a different protocol than the one requested."""
+
+
+def run_point(job: PointJob, redo: bool = False) -> dict[str, Any] | None:
+    """Train (or resume) one grid point, score its final checkpoint and write its result file.
+
+    Skips the point (returns None) when its result file exists with the same protocol. A run directory
+    left by an interrupted session is resumed from its latest checkpoint (or only scored when its final
+    checkpoint exists).
+
+    Raises:
+        ProtocolMismatch: the existing result used another protocol and ``redo`` is false.
+    """
+    from medssl.engine.semi import evaluate_run, train_semi
+    from medssl.runtime.atomic import write_json_atomic
+    from medssl.runtime.checkpoint import CheckpointManager
+    from medssl.runtime.rundir import RunDir
+
+    threads = set_threads(job.threads)
+    cfg = job.config()
+    cid = config_id(cfg)
+    out = job.result_path()
+    if not redo:
+        state = job.status()
+        if state == "done":
+            return None
+        if state == "mismatch":
+            raise ProtocolMismatch(f"{rel(out)}: made with another protocol; pass --redo to replace it or "
+                                   "--results DIR to keep both")
+    run_dir = Path(job.runs_root) / f"{job.point.key}_{cid}"
+    cfg = cfg.model_copy(update={"runtime": cfg.runtime.model_copy(update={"name": run_dir.name})})
+    final = CheckpointManager(RunDir(run_dir).checkpoints).path_for("final")
+    mode = "resume" if RunDir(run_dir).is_run() and RunDir(run_dir).has_checkpoint() else "overwrite"
+    t0 = time.perf_counter()
+    loop_logs: dict[str, float] = {}
+    trained_iterations = 0
+    if not (final.is_file() and not redo):
+        say(f"{job.benchmark} {job.point.key}: training ({mode if mode == 'resume' else 'new'}, "
+            f"{cfg.max_iterations} iterations, {threads} thread(s))")
+        trained = train_semi(cfg, "overwrite" if redo else mode, command=job.command.split())
+        loop_logs = {k: float(v) for k, v in trained.loop.last_logs.items()}
+        trained_iterations = trained.loop.iterations
+    t_train = time.perf_counter() - t0
+    inference = cfg.inference
+    if job.eval_batch is not None:
+        inference = inference.model_copy(update={"batch_size": job.eval_batch})
+    t0 = time.perf_counter()
+    ev = evaluate_run(run_dir, cases=job.eval_cases, inference=inference, quiet=True)
+    t_eval = time.perf_counter() - t0
+    per_case = [{"case_id": str(c["case_id"]), **{k: _num(c.get(k)) for k in RUN_METRICS},
+                 "empty_pred": bool(c.get("empty_pred", False))} for c in ev.per_case]
+    result = {
+        "benchmark": job.benchmark, "method": job.point.method, "labeled": job.point.labeled,
+        "seed": job.point.seed, "config_id": cid, "protocol": job.protocol,
+        "metrics": {k: _num(ev.mean(k)) for k in RUN_METRICS},
+        "n_cases": len(per_case), "n_empty_predictions": ev.n_empty_predictions,
+        "empty_prediction_cases": [c["case_id"] for c in per_case if c["empty_pred"]],
+        "per_case": per_case, "iterations": cfg.max_iterations,
+        "iterations_trained_this_session": trained_iterations,
+        "final_logs": loop_logs, "train_seconds": t_train, "eval_seconds": t_eval,
+        "eval_cases": rel(job.eval_cases) if job.eval_cases is not None else "validation split",
+        "run_dir": rel(run_dir), "overrides": job.overrides, "preset": rel(job.preset),
+        "command": job.command, "environment": environment(threads),
+    }
+    write_json_atomic(out, result)
+    if not job.keep_checkpoints:  # the periodic ones only serve a resume; final.pt stays for re-scoring
+        for _, path in CheckpointManager(RunDir(run_dir).checkpoints).iterations():
+            path.unlink(missing_ok=True)
+    say(f"{job.benchmark} {job.point.key}: Dice {100 * ev.mean('dice'):.2f} % "
+        f"({ev.n_empty_predictions} empty) train {t_train:.0f} s eval {t_eval:.0f} s -> {rel(out)}")
+    return result
+
+
+def _num(value: Any) -> float | None:
+    """A JSON-safe float (None for missing / NaN / inf)."""
+    if value is None:
+        return None
+    v = float(value)
+    return v if math.isfinite(v) else None
+
+
+def run_jobs(jobs: list[PointJob], script: str, base_args: list[str], n_parallel: int, redo: bool,
+             log_dir: Path) -> list[str]:
+    """Run every pending job: in this process (``n_parallel`` 1) or as up to ``n_parallel`` subprocesses
+    of ``script --only KEY`` (one torch thread each, logs in ``log_dir``). Returns the failed keys."""
+    states = {j.point.key: ("todo" if redo else j.status()) for j in jobs}
+    clash = [k for k, v in states.items() if v == "mismatch"]
+    if clash:
+        raise ProtocolMismatch(f"{len(clash)} existing result(s) were made with another protocol "
+                               f"({', '.join(clash[:4])}{' ...' if len(clash) > 4 else ''}); pass --redo to "
+                               "replace them or --results DIR to keep both")
+    pending = [j for j in jobs if states[j.point.key] == "todo"]
+    say(f"{len(jobs) - len(pending)} of {len(jobs)} runs already have results; {len(pending)} to run")
+    failed: list[str] = []
+    if n_parallel <= 1:
+        for j in pending:
+            try:
+                run_point(j, redo=redo)
+            except Exception:  # one failed run must not stop the grid; the traceback says why
+                import traceback
+
+                traceback.print_exc()
+                failed.append(j.point.key)
+                say(f"FAILED {j.point.key}")
+        return failed
+    import subprocess
+
+    log_dir.mkdir(parents=True, exist_ok=True)
+    queue = list(pending)
+    running: list[tuple[PointJob, subprocess.Popen, Any]] = []
+    while queue or running:
+        while queue and len(running) < n_parallel:
+            j = queue.pop(0)
+            cmd = [sys.executable, str(BENCH / script), *base_args, "--only", j.point.key, "--jobs", "1"]
+            if redo:
+                cmd.append("--redo")
+            log = open(log_dir / f"{j.point.key}.log", "w", encoding="utf-8")  # noqa: SIM115 - closed below
+            running.append((j, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO), log))
+            say(f"started {j.point.key} (log {rel(log_dir / (j.point.key + '.log'))})")
+        time.sleep(2.0)
+        for item in list(running):
+            j, proc, log = item
+            if proc.poll() is None:
+                continue
+            log.close()
+            running.remove(item)
+            if proc.returncode != 0 or not _done(j):
+                failed.append(j.point.key)
+                say(f"FAILED {j.point.key} (exit {proc.returncode}); see {rel(log_dir / (j.point.key + '.log'))}")
+            else:
+                say(f"finished {j.point.key}: {_summary_line(j)}")
+    return failed
+
+
+def _done(job: PointJob) -> bool:
+    return job.result_path().is_file()
+
+
+def _summary_line(job: PointJob) -> str:
+    r = json.loads(job.result_path().read_text(encoding="utf-8"))
+    return f"Dice {100 * (r['metrics']['dice'] or 0):.2f} %, {r['n_empty_predictions']} empty"
+
+
+def load_results(results_dir: Path) -> list[dict[str, Any]]:
+    """Every per-run result file of a grid folder (sorted by file name)."""
+    if not results_dir.is_dir():
+        return []
+    out = []
+    for path in sorted(results_dir.glob("*.json")):
+        try:
+            out.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError) as err:
+            say(f"ignoring unreadable result {rel(path)}: {err}")
+    return out
+
+
+def summary_rows(results: list[dict[str, Any]], methods: Sequence[str]) -> list[dict[str, Any]]:
+    """Per (labeled, method): seeds, mean ± std of Dice % / Jaccard % / 95HD / ASD (voxels), empties."""
+    rows = []
+    for n in sorted({r["labeled"] for r in results}):
+        for m in [m for m in methods if any(r["method"] == m and r["labeled"] == n for r in results)]:
+            rs = sorted((r for r in results if r["method"] == m and r["labeled"] == n), key=lambda r: r["seed"])
+            col = lambda k, rs=rs: [r["metrics"][k] for r in rs]  # noqa: E731
+            rows.append({"labeled": n, "method": m, "seeds": [r["seed"] for r in rs],
+                         "dice": mean_std(col("dice"), 100), "jaccard": mean_std(col("jaccard"), 100),
+                         "hd95_vox": mean_std(col("hd95_vox")), "asd_vox": mean_std(col("asd_vox")),
+                         "hd95_mm": mean_std(col("hd95_mm")), "asd_mm": mean_std(col("asd_mm")),
+                         "dice_mean": statistics.fmean(finite(col("dice"))) if finite(col("dice")) else None,
+                         "empty": sum(r["n_empty_predictions"] for r in rs),
+                         "cases": sum(r["n_cases"] for r in rs)})
+    return rows
+
+
+def protocols(results: list[dict[str, Any]]) -> list[str]:
+    """The distinct protocol descriptions of ``results`` (normally one)."""
+    seen: list[str] = []
+    for r in results:
+        text = r.get("protocol", {}).get("description", "")
+        if text not in seen:
+            seen.append(text)
+    return seen
+
+
+def plot_dice(results: list[dict[str, Any]], methods: Sequence[str], path: Path, title: str) -> Path | None:
+    """Dice (%) per method, one marker colour per label count, every seed a point, the mean a bar."""
+    if not results:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labeled = sorted({r["labeled"] for r in results})
+    shown = [m for m in methods if any(r["method"] == m for r in results)]
+    width = 0.8 / len(labeled)
+    fig, ax = plt.subplots(figsize=(1.3 * len(shown) + 2.5, 4.0))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for j, n in enumerate(labeled):
+        for i, m in enumerate(shown):
+            vals = finite(100 * (r["metrics"]["dice"] or 0) for r in results if r["method"] == m and r["labeled"] == n)
+            if not vals:
+                continue
+            x = i - 0.4 + width * (j + 0.5)
+            ax.bar(x, statistics.fmean(vals), width * 0.85, color=colors[j % len(colors)], alpha=0.35,
+                   label=f"{n} labeled" if i == 0 else None)
+            offsets = [x + width * 0.25 * (k - (len(vals) - 1) / 2) / max(len(vals), 1) for k in range(len(vals))]
+            ax.scatter(offsets, vals, color=colors[j % len(colors)], s=18, zorder=3)
+    ax.set_xticks(range(len(shown)), shown, rotation=20)
+    ax.set_ylabel("Dice (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    from medssl.runtime.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
