@@ -208,3 +208,25 @@ def test_evaluate_any_case_list_on_real_left_atrium(tmp_path: Path) -> None:
     assert np.allclose(np.abs(np.diag(pred.affine))[:3], 1.25, atol=0.02)
     out = predict_file(result.run_dir, SHARED / "data" / "la" / ids[70] / "mri_norm2.h5", tmp_path / "p.nii.gz")
     assert nib.load(out).ndim == 3
+
+
+def test_ddp_two_processes_train_corn(atrium: Path, tmp_path: Path) -> None:
+    """CORN through Fabric DDP on 2 CPU processes (gloo): one metrics file, one final checkpoint."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "medssl.cli", "semi", "train", "--config", "atrium3d_corn",
+           "--data", f"folder:{atrium}", "--labeled", "2", "--iterations", "2", "--runs-root", str(tmp_path),
+           "--name", "ddp", "--quiet", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp",
+           "--set", "method_config.network.base_width=4", "--set", "data.labeled_bs=1",
+           "--set", "data.unlabeled_bs=1", "--set", "data.patch=[32,32,16]", "--set", "evaluate_after=false",
+           "--set", "data.n_val=0",
+           "--set", "runtime.log_every=1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("run: ") == 1  # rank 0 reports
+    rows = read_metrics(tmp_path / "ddp" / "metrics.csv")
+    assert [r["iteration"] for r in rows] == [1, 2]
+    manifest = json.loads((tmp_path / "ddp" / "manifest.json").read_text())
+    assert "2" in json.dumps(manifest["device"])
+    assert (tmp_path / "ddp" / "checkpoints" / "final.pt").is_file()

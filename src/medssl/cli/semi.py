@@ -79,6 +79,8 @@ def train(
     if cfg.runtime.name == "__auto__":
         cfg.runtime.name = f"{cfg.method}_{cfg.data.labeled}l_s{cfg.runtime.seed}"
     result = train_semi(cfg, mode, command=sys.argv)
+    if result.global_rank != 0:
+        return
     typer.echo(f"run: {result.run_dir}")
     if result.evaluation is not None:
         _print_summary(result.evaluation)

@@ -143,6 +143,7 @@ class SemiTrainResult:
     run_dir: Path
     loop: LoopResult
     evaluation: EvalResult | None
+    global_rank: int = 0
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -371,7 +372,7 @@ def train_semi(
     evaluation = None
     if cfg.evaluate_after and splits.val and fabric.global_rank == 0:
         evaluation = evaluate_run(run.root, quiet=cfg.runtime.quiet)
-    return SemiTrainResult(run_dir=run.root, loop=loop, evaluation=evaluation)
+    return SemiTrainResult(run_dir=run.root, loop=loop, evaluation=evaluation, global_rank=fabric.global_rank)
 
 
 # ----------------------------------------------------------------------------------- inference
