@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from medssl.data.spec import SegmentationCase
+from medssl.data.spec import SegmentationCase, freeze_case
 from medssl.errors import MedsslInputError
 from medssl.runtime.atomic import atomic_path
 
@@ -159,10 +159,7 @@ class LeftAtriumDataset:
             return self._cache[i]
         case = read_la_h5(self.path(i), case_id=self.case_ids[i])
         if self.cache:
-            case.image.flags.writeable = False
-            if case.label is not None:
-                case.label.flags.writeable = False
-            self._cache[i] = case
+            self._cache[i] = freeze_case(case)
         return case
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medssl.data.spec import SegmentationCase
+from medssl.data.spec import SegmentationCase, freeze_case
 from medssl.errors import MedsslInputError
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".jpg", ".jpeg",
@@ -150,10 +150,7 @@ class FolderSegmentationDataset:
                                 spacing=tuple(float(s) for s in img.spacing), case_id=self.case_ids[i],
                                 source=str(self.image_paths[i]))
         if self.cache:
-            case.image.flags.writeable = False
-            if case.label is not None:
-                case.label.flags.writeable = False
-            self._cache[i] = case
+            self._cache[i] = freeze_case(case)
         return case
 
 
@@ -164,7 +161,26 @@ def _read_pixels(path: Path) -> np.ndarray:
     return np.asarray(read_image(path).array)
 
 
-class ImageFolderDataset:
+class _ClassificationSamples:
+    """Shared access for classification datasets holding ``samples = [(path, class index), ...]``."""
+
+    samples: list[tuple[Path, int]]
+    classes: list[str]
+
+    @property
+    def targets(self) -> list[int]:
+        """The class index of every sample."""
+        return [c for _, c in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+        path, target = self.samples[i]
+        return _read_pixels(path), target
+
+
+class ImageFolderDataset(_ClassificationSamples):
     """Classification images in ``<root>/<class name>/<image>`` folders.
 
     ``classes`` are the sorted sub-folder names; item ``i`` is ``(image array, class index)`` with
@@ -188,17 +204,6 @@ class ImageFolderDataset:
         if not self.samples:
             raise MedsslInputError(self.root, "empty dataset (no images in the class folders)")
 
-    @property
-    def targets(self) -> list[int]:
-        """The class index of every sample."""
-        return [c for _, c in self.samples]
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
-        path, target = self.samples[i]
-        return _read_pixels(path), target
 
 
 def _class_order(values: Sequence[str]) -> list[str]:
@@ -209,7 +214,7 @@ def _class_order(values: Sequence[str]) -> list[str]:
         return sorted(unique)
 
 
-class CsvClassificationDataset:
+class CsvClassificationDataset(_ClassificationSamples):
     """Classification images listed in a CSV with header ``image,label[,split]``.
 
     ``image`` paths are relative to ``root`` (default: the CSV's folder) unless absolute; ``label``
@@ -259,17 +264,6 @@ class CsvClassificationDataset:
         if missing:
             raise MedsslInputError(self.csv_path, f"{len(missing)} image(s) not found under {self.root}: {_names(missing)}")
 
-    @property
-    def targets(self) -> list[int]:
-        """The class index of every sample."""
-        return [c for _, c in self.samples]
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
-        path, target = self.samples[i]
-        return _read_pixels(path), target
 
 
 # ----------------------------------------------------------------------------- COCO

@@ -43,6 +43,14 @@ class SegmentationCase:
     source: str
 
 
+def freeze_case(case: SegmentationCase) -> SegmentationCase:
+    """Make a case's arrays read-only (cached cases are shared, so nobody may change them in place)."""
+    case.image.flags.writeable = False
+    if case.label is not None:
+        case.label.flags.writeable = False
+    return case
+
+
 @runtime_checkable
 class VolumeDataset(Protocol):
     """What the semi-supervised engine needs from a segmentation source.

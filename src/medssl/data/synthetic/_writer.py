@@ -40,8 +40,8 @@ from medssl.data.synthetic._common import (
     split_case_ids,
 )
 from medssl.errors import MedsslInputError
-from medssl.runtime.progress import progress_bar
 from medssl.runtime.atomic import write_json_atomic, write_text_atomic
+from medssl.runtime.progress import progress_bar
 
 #: A case generator: ``(rng, class name or None) -> case dict`` (see :class:`SyntheticDataset`).
 CaseFn = Callable[[np.random.Generator, "str | None"], dict[str, Any]]
