@@ -416,7 +416,9 @@ def load_trained_network(
     which: int | str = int(checkpoint) if str(checkpoint).isdigit() else checkpoint
     path = manager.path_for(which)
     if not path.is_file():
-        raise MedsslInputError(path, f"checkpoint {checkpoint!r} not found in the run")
+        hint = " (best.pt is written only when the run validates during training: validate_every > 0)" \
+            if checkpoint == "best" else ""
+        raise MedsslInputError(path, f"checkpoint {checkpoint!r} not found in the run{hint}")
     state = load_checkpoint(path, map_location=device)
     method = create_method(cfg.method, cfg.method_config)
     try:
