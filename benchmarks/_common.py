@@ -7,6 +7,7 @@ that regenerates its results.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -171,12 +172,15 @@ def load_preset(preset: Path, overrides: Sequence[str] = ()) -> Any:
     return load_config(SemiTrainConfig, preset, list(overrides), base={"runtime": {"name": "preset"}})
 
 
-def scaled_schedule(cfg: Any, iterations: int) -> list[str]:
+def scaled_schedule(cfg: Any, iterations: int, final_decay: float = 0.0) -> list[str]:
     """``--set`` overrides that shorten a preset to ``iterations`` keeping its schedule's proportions.
 
     The loss ramp becomes smooth (``ramp_unit`` 1) and reaches full weight at the same fraction of
     training as in the preset (``rampup_length · ramp_unit / max_iterations``); a step learning-rate
-    decay (``optim.lr_step``) keeps its fraction too.
+    decay (``optim.lr_step``) keeps its fraction too. A preset with a constant learning rate gets, when
+    ``final_decay`` > 0, the rate × ``lr_gamma`` for the last ``final_decay`` of training: in runs of a
+    few hundred iterations at lr 0.01 the BatchNorm running statistics trail the fast-moving weights,
+    and the eval-mode quality of the final checkpoint swings from iteration to iteration.
     """
     from medssl.methods import METHODS
 
@@ -190,7 +194,104 @@ def scaled_schedule(cfg: Any, iterations: int) -> list[str]:
         out += ["method_config.ramp_unit=1", f"method_config.rampup_length={max(1, round(length * unit * frac))}"]
     if cfg.optim.lr_step is not None:
         out.append(f"optim.lr_step={max(1, round(cfg.optim.lr_step * frac))}")
+    elif final_decay > 0:
+        out.append(f"optim.lr_step={max(1, round((1 - final_decay) * iterations))}")
     return out
+
+
+def add_grid_args(p: Any, *, iterations: int, labeled: Sequence[int], seeds: Sequence[int],
+                  methods: Sequence[str], eval_batch: int, final_decay: float) -> None:
+    """The options every accumulating semi-supervised grid benchmark takes."""
+    p.add_argument("--quick", action="store_true", help="smoke run (2 iterations, one label count and seed)")
+    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=None,
+                   help=f"default: {' '.join(methods)}")
+    p.add_argument("--labeled", nargs="+", type=int, default=None,
+                   help=f"label counts (default {' '.join(map(str, labeled))})")
+    p.add_argument("--seeds", nargs="+", type=int, default=None,
+                   help=f"seeds (default {' '.join(map(str, seeds))})")
+    p.add_argument("--iterations", type=int, default=None, help=f"training iterations (default {iterations})")
+    p.add_argument("--final-lr-decay", type=float, default=final_decay,
+                   help="fraction of training at lr x 0.1 for presets with a constant lr (0: none)")
+    p.add_argument("--jobs", type=int, default=None, help="runs in parallel, one torch thread each "
+                   "(default 2; quick 1)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per run (default 1)")
+    p.add_argument("--eval-batch", type=int, default=eval_batch, help="sliding windows per forward pass "
+                   "(same probabilities as one at a time up to float rounding)")
+    p.add_argument("--table-only", action="store_true", help="only rebuild the table and plot")
+    p.add_argument("--redo", action="store_true", help="rerun points whose results exist")
+    p.add_argument("--keep-checkpoints", action="store_true", help="keep the periodic checkpoints of "
+                   "finished runs (default: only final.pt stays)")
+    p.add_argument("--results", type=Path, default=None, help="per-run result folder")
+    p.add_argument("--out", type=Path, default=None, help="folder for the table and plot")
+    p.add_argument("--only", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--parent-command", default=None, help=argparse.SUPPRESS)
+    p.set_defaults(_grid_defaults={"iterations": iterations, "labeled": list(labeled), "seeds": list(seeds),
+                                   "methods": list(methods)})
+
+
+def finish_grid_args(args: Any, name: str) -> Any:
+    """Fill the defaults that depend on ``--quick`` and the output folders."""
+    d = args._grid_defaults
+    args.methods = args.methods or list(d["methods"])
+    args.labeled = args.labeled or (d["labeled"][:1] if args.quick else d["labeled"])
+    args.seeds = args.seeds or (d["seeds"][:1] if args.quick else d["seeds"])
+    args.iterations = args.iterations or (2 if args.quick else d["iterations"])
+    args.jobs = args.jobs or (1 if args.quick else 2)
+    args.redo = args.redo or args.quick  # smoke results are throwaway: always rerun them
+    root = results_root(args.quick)
+    args.results = args.results or root / name
+    args.out = args.out or (args.results.parent if args.results != root / name else root)
+    args.raw = (QUICK if args.quick else RAW) / f"{name}_runs"
+    return args
+
+
+def child_args(args: Any, command: str) -> list[str]:
+    """The options a ``--only KEY`` subprocess needs to rebuild the same job (``command``: the
+    regenerating command recorded in its result)."""
+    out = ["--iterations", str(args.iterations), "--eval-batch", str(args.eval_batch),
+           "--final-lr-decay", str(args.final_lr_decay), "--results", str(args.results),
+           "--parent-command", command]
+    if args.quick:
+        out.append("--quick")
+    if args.threads is not None:
+        out += ["--threads", str(args.threads)]
+    if args.keep_checkpoints:
+        out.append("--keep-checkpoints")
+    return out
+
+
+def run_grid(args: Any, name: str, build_jobs: Any, write_table: Any, argv: Sequence[str] | None) -> int:
+    """The main flow of a grid benchmark: ``--only`` one point, else run what is missing, then the table.
+
+    Args:
+        build_jobs: ``build_jobs(args, points, command) -> list[PointJob]``.
+        write_table: ``write_table(args, command) -> Path``.
+    """
+    given = list(sys.argv[1:] if argv is None else argv)
+    command = regenerate_command(f"{name}.py", [a for a in given if a not in ("--table-only", "--redo")])
+    if args.only is not None:  # one point, in a subprocess started by run_jobs
+        job = build_jobs(args, [GridPoint.parse(args.only)], args.parent_command or command)[0]
+        run_point(job, redo=args.redo)
+        return 0
+    if args.table_only:  # the table names the command that produced its results
+        recorded = [r.get("command") for r in load_results(args.results) if r.get("command")]
+        if recorded:
+            command = statistics.mode(recorded)
+    say(f"regenerate with: {command}")
+    t0 = time.perf_counter()
+    failed: list[str] = []
+    if not args.table_only:
+        jobs = build_jobs(args, grid(args.methods, args.labeled, args.seeds), command)
+        try:
+            failed = run_jobs(jobs, f"{name}.py", child_args(args, command), args.jobs, args.redo,
+                              args.raw / "logs")
+        except ProtocolMismatch as err:
+            print(f"{name}: {err}", file=sys.stderr)
+            return 2
+    write_table(args, command)
+    say(f"done in {time.perf_counter() - t0:.0f} s" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    say(f"regenerate with: {command}")
+    return 1 if failed else 0
 
 
 def config_id(cfg: Any) -> str:
@@ -202,7 +303,19 @@ def config_id(cfg: Any) -> str:
 
     data = config_to_dict(cfg)
     data.pop("runtime", None)
+    section = data.get("data", {})
+    for key in ("spec", "split_file"):  # the same on every clone: paths relative to the repo / shared data
+        if section.get(key) is not None:
+            section[key] = _portable(str(section[key]))
     return hashlib.sha1(_json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def _portable(text: str) -> str:
+    """``text`` with the repository and shared-data folders replaced by ``<repo>`` / ``<shared>``."""
+    shared = shared_root()
+    for root, token in ((shared, "<shared>"), (shared.resolve(), "<shared>"), (REPO, "<repo>")):
+        text = text.replace(str(root), token)
+    return text
 
 
 @dataclass
@@ -421,6 +534,31 @@ def summary_rows(results: list[dict[str, Any]], methods: Sequence[str]) -> list[
     return rows
 
 
+GRID_TABLE_HEADER = ["labeled", "method", "seeds", "Dice %", "Jaccard %", "95HD (vox)", "ASD (vox)",
+                     "95HD (mm)", "ASD (mm)", "empty predictions"]
+GRID_TABLE_NOTE = ("Mean ± sample standard deviation over seeds of the per-run means over the scored volumes. "
+                   "An empty prediction scores 0 on all four metrics (the reference evaluation's rule), so the "
+                   "distance columns flatter runs with empty predictions; their count is the last column "
+                   "(empty / volumes scored, all seeds together).")
+
+
+def grid_table(rows: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> str:
+    """The markdown table of :func:`summary_rows`; ``extra`` = {column name: fn(row) -> cell} appended."""
+    extra = extra or {}
+    body = [[r["labeled"], f"**{r['method']}**" if r["method"] == "corn" else r["method"], len(r["seeds"]),
+             r["dice"], r["jaccard"], r["hd95_vox"], r["asd_vox"], r["hd95_mm"], r["asd_mm"],
+             f"{r['empty']} / {r['cases']}", *[fn(r) for fn in extra.values()]] for r in rows]
+    return markdown_table([*GRID_TABLE_HEADER, *extra], body)
+
+
+def grid_summary(name: str, command: str, results: list[dict[str, Any]], rows: list[dict[str, Any]]) -> dict:
+    """The small JSON written beside a grid's table."""
+    keys = ("method", "labeled", "seed", "metrics", "n_cases", "n_empty_predictions", "train_seconds",
+            "eval_seconds")
+    return {"benchmark": name, "command": command, "protocols": protocols(results), "rows": rows,
+            "runs": [{k: r.get(k) for k in keys} for r in results]}
+
+
 def protocols(results: list[dict[str, Any]]) -> list[str]:
     """The distinct protocol descriptions of ``results`` (normally one)."""
     seen: list[str] = []
@@ -453,14 +591,14 @@ def plot_dice(results: list[dict[str, Any]], methods: Sequence[str], path: Path,
             x = i - 0.4 + width * (j + 0.5)
             ax.bar(x, statistics.fmean(vals), width * 0.85, color=colors[j % len(colors)], alpha=0.35,
                    label=f"{n} labeled" if i == 0 else None)
-            offsets = [x + width * 0.25 * (k - (len(vals) - 1) / 2) / max(len(vals), 1) for k in range(len(vals))]
+            offsets = [x + width * 0.5 * (k - (len(vals) - 1) / 2) / max(len(vals), 1) for k in range(len(vals))]
             ax.scatter(offsets, vals, color=colors[j % len(colors)], s=18, zorder=3)
     ax.set_xticks(range(len(shown)), shown, rotation=20)
     ax.set_ylabel("Dice (%)")
     ax.set_ylim(0, 100)
     ax.set_title(title, fontsize=10)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     from medssl.runtime.atomic import atomic_path
 

@@ -165,7 +165,7 @@ def test_wrong_network_output_is_a_clear_error() -> None:
 
 
 def test_default_batch_size_by_device() -> None:
-    assert default_batch_size("cpu") == 1
+    assert default_batch_size("cpu") == 2
     assert default_batch_size(torch.device("cuda", 0)) == 4
 
 
