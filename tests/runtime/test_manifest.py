@@ -91,3 +91,21 @@ def test_fingerprint_large_file_is_chunked_correctly(tmp_path: Path) -> None:
     blob = np.random.default_rng(0).integers(0, 256, size=3 * (1 << 20) + 123, dtype=np.uint8).tobytes()
     (tmp_path / "big.bin").write_bytes(blob)
     assert fingerprint_paths([tmp_path / "big.bin"]) == _direct_fingerprint([("big.bin", blob)])
+
+
+def test_capped_fingerprint_reads_head_and_tail_only(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    data.mkdir()
+    blob = bytearray(range(256)) * 64  # 16 KiB
+    (data / "big.bin").write_bytes(bytes(blob))
+    capped = fingerprint_paths([data], max_bytes_per_file=1024)
+    expected = hashlib.sha256(b"d/big.bin\0" + str(len(blob)).encode() + b"\0" + bytes(blob[:512])
+                              + bytes(blob[-512:])).hexdigest()
+    assert capped == f"sha256:{expected}"
+    blob[8000] ^= 0xFF  # a change in the middle is not seen with the cap ...
+    (data / "big.bin").write_bytes(bytes(blob))
+    assert fingerprint_paths([data], max_bytes_per_file=1024) == capped
+    assert fingerprint_paths([data]) != fingerprint_paths([data], max_bytes_per_file=1024)  # ... but is without
+    blob[10] ^= 0xFF  # a change in the head is
+    (data / "big.bin").write_bytes(bytes(blob))
+    assert fingerprint_paths([data], max_bytes_per_file=1024) != capped

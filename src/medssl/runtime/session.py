@@ -28,7 +28,10 @@ from medssl.runtime.seeding import seed_everything
 if TYPE_CHECKING:
     from lightning.fabric import Fabric
 
-__all__ = ["RunSession", "prepare_mode", "start_run"]
+__all__ = ["FINGERPRINT_BYTES_PER_FILE", "RunSession", "prepare_mode", "start_run"]
+
+#: Data fingerprints of runs hash at most the first and last 4 MiB of each file (plus every size and name).
+FINGERPRINT_BYTES_PER_FILE = 8 * 2**20
 
 
 @dataclass
@@ -75,7 +78,7 @@ def start_run(
     if fabric.global_rank == 0:
         try:
             run = RunDir.prepare(root, mode)
-            fingerprint = fingerprint_paths(data_paths) if data_paths else None
+            fingerprint = fingerprint_paths(data_paths, FINGERPRINT_BYTES_PER_FILE) if data_paths else None
             manifest = build_manifest(list(sys.argv if command is None else command), runtime.seed,
                                       describe_device(fabric), fingerprint, extra)
             _write_manifest(run, manifest, resumed=mode == "resume")
