@@ -91,6 +91,8 @@ class RuntimeConfig(MedsslConfig):
     keep_checkpoints: int = Field(default=3, ge=1, description="Periodic checkpoints kept on disk.")
     log_every: int = Field(default=10, ge=1, description="Iterations between metric rows.")
     quiet: bool = Field(default=False, description="Plain log lines instead of progress bars.")
+    threads: int | None = Field(default=None, ge=1, description="CPU threads of torch per process "
+                                "(None: torch's default; 1 is fastest when processes share cores).")
 
     @field_validator("name")
     @classmethod

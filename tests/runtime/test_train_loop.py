@@ -169,3 +169,14 @@ def test_start_run_writes_config_and_manifest(tmp_path: Path) -> None:
     assert prepare_mode(False, True) == "overwrite" and prepare_mode(False, False) == "new"
     assert resolve_accelerator("gpu") == "cuda" and resolve_accelerator("cpu") == "cpu"
     assert resolve_accelerator("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_start_run_sets_the_thread_count(tmp_path: Path) -> None:
+    from medssl.runtime.session import start_run
+
+    before = torch.get_num_threads()
+    try:
+        start_run(RuntimeConfig(name="t", runs_root=tmp_path, accelerator="cpu", threads=1), RuntimeConfig(name="t"))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -46,6 +46,7 @@ def train(
     strategy: str | None = typer.Option(None, "--strategy", help="auto | ddp"),
     precision: str | None = typer.Option(None, "--precision", help="32-true | bf16-mixed | 16-mixed"),
     accelerator: str | None = typer.Option(None, "--accelerator", help="auto | cpu | cuda"),
+    threads: int | None = typer.Option(None, "--threads", help="CPU threads of torch per process."),
     set_: list[str] = typer.Option([], "--set", help="Override any config key: dotted.key=value (repeatable)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run from its latest checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing run of that name first."),
@@ -65,7 +66,8 @@ def train(
     flags = {"method": method, "data.spec": data, "data.labeled": labeled, "runtime.runs_root": runs_root,
              "max_iterations": iterations, "runtime.seed": seed, "init_encoder": init_encoder,
              "runtime.devices": devices, "runtime.num_nodes": num_nodes, "runtime.strategy": strategy,
-             "runtime.precision": precision, "runtime.accelerator": accelerator}
+             "runtime.precision": precision, "runtime.accelerator": accelerator,
+             "runtime.threads": threads}
     for key, value in flags.items():
         if value is not None:
             overrides.append(f"{key}={value}")

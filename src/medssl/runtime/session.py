@@ -89,6 +89,10 @@ def start_run(
     if problem is not None:
         raise MedsslInputError(*problem)
     fabric.barrier()
+    if runtime.threads is not None:
+        import torch
+
+        torch.set_num_threads(runtime.threads)
     seed_everything(runtime.seed, runtime.deterministic)
     return RunSession(fabric=fabric, run=RunDir(root), resume=mode == "resume", runtime=runtime)
 
