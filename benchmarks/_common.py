@@ -606,3 +606,33 @@ def plot_dice(results: list[dict[str, Any]], methods: Sequence[str], path: Path,
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return path
+
+
+def write_grid_report(args: argparse.Namespace, command: str, name: str, title: str, plot_title: str,
+                      extra_columns: dict[str, Any] | None = None, appendix: Sequence[str] = (),
+                      summary_extra: dict[str, Any] | None = None) -> Path:
+    """Rebuild ``<name>.{md,json,png}`` in ``args.out`` from the per-run result files in ``args.results``.
+
+    ``extra_columns`` adds table columns ({name: fn(row) -> cell}); ``appendix`` lines follow the table;
+    ``summary_extra`` is merged into the JSON summary.
+    """
+    results = [r for r in load_results(args.results) if r.get("benchmark") == name]
+    order = [m for m in METHODS if m in args.methods or any(r["method"] == m for r in results)]
+    rows = summary_rows(results, order)
+    png = plot_dice(results, order, args.out / f"{name}.png", plot_title)
+    lines = [f"# {title}", "",
+             f"Regenerate: `{command}` (runs only what is missing; add `--table-only` to rebuild this table "
+             f"from `{rel(args.results)}/*.json`).", ""]
+    lines += [f"Protocol: {text}\n" for text in protocols(results)]
+    if not results:
+        lines += ["No run has finished yet.", ""]
+    else:
+        lines += [grid_table(rows, extra_columns), "", GRID_TABLE_NOTE, ""]
+        if png is not None:
+            lines += [f"![Dice per method]({png.name})", ""]
+    lines += list(appendix)
+    summary = grid_summary(name, command, results, rows)
+    summary.update(summary_extra or {})
+    write_outputs(args.out, name, summary, "\n".join(lines))
+    say(f"wrote {rel(args.out / (name + '.md'))}" + (f" and {rel(png)}" if png else "") + f" ({len(results)} runs)")
+    return args.out / f"{name}.md"

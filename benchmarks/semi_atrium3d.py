@@ -106,25 +106,8 @@ def build_jobs(args: argparse.Namespace, points: list[C.GridPoint], command: str
 
 def write_table(args: argparse.Namespace, command: str) -> Path:
     """Rebuild ``semi_atrium3d.{md,json,png}`` in ``args.out`` from the per-run files in ``args.results``."""
-    results = [r for r in C.load_results(args.results) if r.get("benchmark") == NAME]
-    order = [m for m in C.METHODS if m in args.methods or any(r["method"] == m for r in results)]
-    rows = C.summary_rows(results, order)
-    png = C.plot_dice(results, order, args.out / f"{NAME}.png",
-                      "atrium3d: Dice on the test volumes (bars: mean over seeds, points: seeds)")
-    lines = ["# Semi-supervised methods on `atrium3d` (CPU protocol)", "",
-             f"Regenerate: `{command}` (runs only what is missing; add `--table-only` to rebuild this table "
-             f"from `{C.rel(args.results)}/*.json`).", ""]
-    lines += [f"Protocol: {text}\n" for text in C.protocols(results)]
-    if not results:
-        lines.append("No run has finished yet.")
-    else:
-        lines += [C.grid_table(rows), "", C.GRID_TABLE_NOTE, ""]
-        if png is not None:
-            lines += [f"![Dice per method]({png.name})", ""]
-    C.write_outputs(args.out, NAME, C.grid_summary(NAME, command, results, rows), "\n".join(lines))
-    C.say(f"wrote {C.rel(args.out / (NAME + '.md'))}" + (f" and {C.rel(png)}" if png else "")
-          + f" ({len(results)} runs)")
-    return args.out / f"{NAME}.md"
+    return C.write_grid_report(args, command, NAME, "Semi-supervised methods on `atrium3d` (CPU protocol)",
+                               "atrium3d: Dice on the test volumes (bars: mean over seeds, points: seeds)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -123,40 +123,24 @@ def build_jobs(args: argparse.Namespace, points: list[C.GridPoint], command: str
 
 def write_table(args: argparse.Namespace, command: str) -> Path:
     """Rebuild ``semi_la.{md,json,png}`` in ``args.out`` from the per-run files in ``args.results``."""
-    results = [r for r in C.load_results(args.results) if r.get("benchmark") == NAME]
-    order = [m for m in C.METHODS if m in args.methods or any(r["method"] == m for r in results)]
-    rows = C.summary_rows(results, order)
-    png = C.plot_dice(results, order, args.out / f"{NAME}.png",
-                      "left atrium, reduced CPU protocol: Dice on 16 validation volumes")
-    lines = ["# Semi-supervised methods on the real left-atrium data (reduced CPU protocol)", "",
-             f"Regenerate: `{command}` (runs only what is missing; add `--table-only` to rebuild this table "
-             f"from `{C.rel(args.results)}/*.json`).", ""]
-    lines += [f"Protocol: {text}\n" for text in C.protocols(results)]
-    if not results:
-        lines.append("No run has finished yet.")
-    else:
-        extra = {"published, full protocol (Dice / Jaccard / 95HD / ASD)":
-                 lambda r: published_cell(r["method"], r["labeled"])}
-        lines += [C.grid_table(rows, extra), "", C.GRID_TABLE_NOTE, ""]
-        if png is not None:
-            lines += [f"![Dice per method]({png.name})", ""]
-    lines += ["## Published numbers (a different protocol)", "",
-              "Left-atrium test set (20 volumes), full resolution, 112×112×80 crops, V-Net width 16, 6 000-15 000 "
-              "iterations, sliding window 112×112×80 stride 18/18/4; Dice % / Jaccard % / 95HD vox / ASD vox "
-              "(CORN, BIBM 2024, arXiv:2410.15916). Shown for orientation: the reduced protocol above uses 2× "
-              "downsampled volumes, a half-width network, a few hundred iterations and validation volumes.", ""]
     counts = sorted({n for row in PUBLISHED.values() for n in row})
     body = [[n, *(" / ".join(f"{v:.2f}" for v in PUBLISHED[k][n]) if n in PUBLISHED[k] else "" for k in PUBLISHED)]
             for n in counts]
-    lines += [C.markdown_table(["labeled", *PUBLISHED], body), "",
-              "Dual-branch baseline in the CORN ablation (Dice %): "
-              + ", ".join(f"{v:.2f} at {n}" for n, v in PUBLISHED_DUAL_BRANCH_DICE.items()) + " labeled.", ""]
-    summary = C.grid_summary(NAME, command, results, rows)
-    summary["published"] = {k: {str(n): list(v) for n, v in row.items()} for k, row in PUBLISHED.items()}
-    C.write_outputs(args.out, NAME, summary, "\n".join(lines))
-    C.say(f"wrote {C.rel(args.out / (NAME + '.md'))}" + (f" and {C.rel(png)}" if png else "")
-          + f" ({len(results)} runs)")
-    return args.out / f"{NAME}.md"
+    appendix = ["## Published numbers (a different protocol)", "",
+                "Left-atrium test set (20 volumes), full resolution, 112×112×80 crops, V-Net width 16, 6 000-15 000 "
+                "iterations, sliding window 112×112×80 stride 18/18/4; Dice % / Jaccard % / 95HD vox / ASD vox "
+                "(CORN, BIBM 2024, arXiv:2410.15916). Shown for orientation: the reduced protocol above uses 2× "
+                "downsampled volumes, a half-width network, a few hundred iterations and validation volumes.", "",
+                C.markdown_table(["labeled", *PUBLISHED], body), "",
+                "Dual-branch baseline in the CORN ablation (Dice %): "
+                + ", ".join(f"{v:.2f} at {n}" for n, v in PUBLISHED_DUAL_BRANCH_DICE.items()) + " labeled.", ""]
+    extra = {"published, full protocol (Dice / Jaccard / 95HD / ASD)":
+             lambda r: published_cell(r["method"], r["labeled"])}
+    published = {k: {str(n): list(v) for n, v in row.items()} for k, row in PUBLISHED.items()}
+    return C.write_grid_report(args, command, NAME,
+                               "Semi-supervised methods on the real left-atrium data (reduced CPU protocol)",
+                               "left atrium, reduced CPU protocol: Dice on 16 validation volumes",
+                               extra_columns=extra, appendix=appendix, summary_extra={"published": published})
 
 
 def main(argv: list[str] | None = None) -> int:
