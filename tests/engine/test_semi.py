@@ -230,3 +230,16 @@ def test_ddp_two_processes_train_corn(atrium: Path, tmp_path: Path) -> None:
     manifest = json.loads((tmp_path / "ddp" / "manifest.json").read_text())
     assert "2" in json.dumps(manifest["device"])
     assert (tmp_path / "ddp" / "checkpoints" / "final.pt").is_file()
+
+
+def test_cli_resume_needs_only_the_run_name(atrium: Path, tmp_path: Path) -> None:
+    args = ["semi", "train", "--method", "supervised", "--data", f"folder:{atrium}", "--labeled", "2",
+            "--runs-root", str(tmp_path), "--name", "r", "--quiet", "--accelerator", "cpu",
+            "--set", "method_config.network.base_width=4", "--set", "data.n_val=0", "--set", "data.patch=[32,32,16]",
+            "--set", "data.labeled_bs=1", "--set", "runtime.log_every=1", "--iterations", "2"]
+    main(args)
+    main(["semi", "train", "--name", "r", "--runs-root", str(tmp_path), "--resume", "--iterations", "3", "--quiet"])
+    rows = read_metrics(tmp_path / "r" / "metrics.csv")
+    assert [r["iteration"] for r in rows] == [1, 2, 3]
+    manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    assert len(manifest["resumes"]) == 1
