@@ -13,7 +13,10 @@ import typer
 from medssl import __version__
 from medssl.cli import data as data_cli
 from medssl.cli import demo as demo_cli
-from medssl.cli import planned
+from medssl.cli import finetune as finetune_cli
+from medssl.cli import localize as localize_cli
+from medssl.cli import pretrain as pretrain_cli
+from medssl.cli import report as report_cli
 from medssl.cli import semi as semi_cli
 from medssl.errors import EXIT_USER_ERROR, MedsslInputError
 
@@ -26,12 +29,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(data_cli.app, name="data")
-app.add_typer(planned.localize_app, name="localize")
-app.add_typer(planned.pretrain_app, name="pretrain")
-app.add_typer(planned.finetune_app, name="finetune")
+app.add_typer(localize_cli.app, name="localize")
+app.add_typer(pretrain_cli.app, name="pretrain")
+app.add_typer(finetune_cli.app, name="finetune")
 app.add_typer(semi_cli.app, name="semi")
 app.command("demo")(demo_cli.demo)
-app.command("report")(planned.report)
+app.command("report")(report_cli.report)
 
 
 def _version_callback(value: bool) -> None:

@@ -15,27 +15,17 @@ _PLANNED = {
 }
 
 
-def _not_yet(group: str) -> None:
+def not_yet(group: str) -> None:
     typer.echo(f"medssl {group}: {_PLANNED[group]} is not available in this version yet.", err=True)
     raise typer.Exit(1)
 
 
-def _planned_group(group: str) -> typer.Typer:
+def planned_group(group: str) -> typer.Typer:
     sub = typer.Typer(help=f"[planned] {_PLANNED[group]}.", no_args_is_help=False,
                       invoke_without_command=True)
 
     @sub.callback(invoke_without_command=True)
     def _cb() -> None:
-        _not_yet(group)
+        not_yet(group)
 
     return sub
-
-
-localize_app = _planned_group("localize")
-pretrain_app = _planned_group("pretrain")
-finetune_app = _planned_group("finetune")
-
-
-def report() -> None:
-    """[planned] One-page HTML / markdown report over run directories."""
-    _not_yet("report")
