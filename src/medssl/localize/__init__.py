@@ -5,8 +5,12 @@
 * ``structures``: the prompt matched to a named-structures label map by sentence-embedding
   similarity; ROI = boxes around the matched structures (:mod:`.structures`).
 * ``files``: ROI maps a user already has, one file per image (:mod:`.files`).
-* ``biomedclip-sam``, ``clipseg``: names reserved for the vision-language backends; not available
-  in this version yet.
+* ``biomedclip-sam``: BiomedCLIP M2IB saliency → binary mask → SAM box prompts → boxes
+  (:mod:`.biomedclip_sam`, :mod:`.m2ib`, :mod:`.sam`).
+* ``clipseg``: CLIPSeg saliency → binary mask → (optional SAM) → boxes (:mod:`.clipseg`).
+
+The vision-language backends take a hub id or a local folder for each model (:mod:`.weights`; nothing
+is downloaded where no network is reachable) and run 3D volumes slice by slice (:mod:`.slicewise`).
 
 Every backend returns a :class:`LocalizationResult`; :class:`RoiCache` stores results on disk.
 """
@@ -64,22 +68,27 @@ def _files(**params: Any) -> Localizer:
     return FilesLocalizer(**params)
 
 
-def _not_yet(name: str) -> Callable[..., Localizer]:
-    def factory(**params: Any) -> Localizer:
-        raise MedsslInputError(name, f"localization backend not available yet in this medssl version "
-                                     f"(available: {', '.join(available_localizers())})")
-    return factory
+def _biomedclip_sam(**params: Any) -> Localizer:
+    from medssl.localize.biomedclip_sam import BiomedClipSamLocalizer
+
+    return BiomedClipSamLocalizer(**params)
 
 
-#: Backend name -> factory (read-only); the reserved backends raise a clear "not available yet" error.
+def _clipseg(**params: Any) -> Localizer:
+    from medssl.localize.clipseg import ClipSegLocalizer
+
+    return ClipSegLocalizer(**params)
+
+
+#: Backend name -> factory (read-only).
 LOCALIZERS: MappingProxyType[str, Callable[..., Localizer]] = MappingProxyType({
     "structures": _structures,
     "files": _files,
-    "biomedclip-sam": _not_yet("biomedclip-sam"),
-    "clipseg": _not_yet("clipseg"),
+    "biomedclip-sam": _biomedclip_sam,
+    "clipseg": _clipseg,
 })
 
-_AVAILABLE = ("structures", "files")
+_AVAILABLE = ("structures", "files", "biomedclip-sam", "clipseg")
 
 
 def available_localizers() -> tuple[str, ...]:

@@ -1,6 +1,6 @@
 """The localization interface: a prompt and an image in, a ROI map with its provenance out.
 
-A localizer backend (``structures``, ``files``, later ``biomedclip-sam`` / ``clipseg``) implements
+A localizer backend (``structures``, ``files``, ``biomedclip-sam``, ``clipseg``) implements
 :class:`Localizer`; every backend returns a :class:`LocalizationResult` whose ``roi`` is a boolean map on
 the image's voxel grid. The ROI map is a union of axis-aligned boxes (see
 :mod:`medssl.localize.postprocess`); an empty ROI means "nothing found", and the image is then masked
