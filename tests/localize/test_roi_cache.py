@@ -155,3 +155,103 @@ def test_manifest_numbers_are_exact(tmp_path: Path) -> None:
     assert info["prompts"] == {"a": 3, "b": 1} and info["backends"] == {"bright-box": 4}
     assert json.loads((tmp_path / "manifest.json").read_text()) == info
     assert RoiCache(tmp_path / "empty").manifest()["entries"] == 0
+
+
+# -- context, intermediates, lookup (format 2) -------------------------------------------------------
+
+
+class SaliencyLocalizer(BrightBoxLocalizer):
+    """Test backend with intermediates: saliency = image / max, coarse = saliency > level, refined = coarse."""
+
+    name = "saliency-box"
+
+    def localize(self, image: ImageData, prompt: str, context: dict | None = None) -> LocalizationResult:
+        result = super().localize(image, prompt, context)
+        sal = image.array / max(float(image.array.max()), 1e-6) * 0.7 + 0.1
+        result.saliency = sal
+        result.coarse_mask = sal > self.level
+        result.refined_mask = np.zeros(image.spatial_shape, bool)
+        return result
+
+
+def test_context_is_part_of_the_key_by_content(tmp_path: Path) -> None:
+    from medssl.localize.cache import context_digest
+
+    cache, loc, image = RoiCache(tmp_path / "c"), BrightBoxLocalizer(), _image3d()
+    smap = tmp_path / "a" / "map.txt"
+    smap.parent.mkdir()
+    smap.write_text("structure map v1")
+    cache.get_or_compute(image, "p", loc, {"structures": smap, "names": {1: "heart"}})
+    assert cache.get(image, "p", loc, {"structures": smap, "names": {1: "heart"}}) is not None
+    moved = tmp_path / "b" / "elsewhere.txt"  # same content elsewhere: same key
+    moved.parent.mkdir()
+    moved.write_text("structure map v1")
+    assert cache.get(image, "p", loc, {"structures": str(moved), "names": {1: "heart"}}) is not None
+    assert cache.get(image, "p", loc, {"structures": smap, "names": {1: "lung"}}) is None
+    assert cache.get(image, "p", loc, None) is None
+    smap.write_text("structure map v2")
+    assert cache.get(image, "p", loc, {"structures": smap, "names": {1: "heart"}}) is None
+    assert context_digest(None) is None and context_digest({}) is None
+    assert context_digest({"m": np.zeros(3)}) != context_digest({"m": np.ones(3)})
+    assert context_digest({"m": np.zeros(3)}) == context_digest({"m": np.zeros(3)})
+    assert context_digest({"x": "not a file"}) == {"x": "not a file"}
+    parts = cache.key_parts(image, "p", loc, {"structures": smap})
+    import hashlib
+
+    assert parts["context"] == {"structures": {"file_sha256": hashlib.sha256(b"structure map v2").hexdigest()}}
+    assert parts["format_version"] == "2"
+
+
+def test_intermediates_are_stored_checksummed_and_returned(tmp_path: Path) -> None:
+    import hashlib
+
+    cache, loc, image = RoiCache(tmp_path), SaliencyLocalizer(), _image3d()
+    computed = cache.get_or_compute(image, "p", loc)
+    key = cache.key(image, "p", loc)
+    npz = tmp_path / "entries" / f"{key}.intermediates.npz"
+    sidecar = json.loads((tmp_path / "entries" / f"{key}.json").read_text())
+    assert sidecar["intermediates"]["file"] == npz.name
+    assert sidecar["intermediates"]["sha256"] == hashlib.sha256(npz.read_bytes()).hexdigest()
+    assert sidecar["intermediates"]["arrays"]["saliency"] == {"dtype": "float16", "shape": [6, 5, 4]}
+    plain = cache.get(image, "p", loc)
+    assert plain is not None and plain.saliency is None and plain.coarse_mask is None
+    full = cache.get(image, "p", loc, with_intermediates=True)
+    assert full is not None and full.saliency.dtype == np.float32
+    np.testing.assert_array_equal(full.saliency, computed.saliency.astype(np.float16).astype(np.float32))
+    np.testing.assert_array_equal(full.coarse_mask, computed.coarse_mask)
+    np.testing.assert_array_equal(full.refined_mask, np.zeros((6, 5, 4), bool))
+    assert cache.manifest()["entries_with_intermediates"] == 1
+    npz.write_bytes(npz.read_bytes()[:-5] + b"xxxxx")  # corrupted after the fact
+    assert cache.get(image, "p", loc, with_intermediates=True) is None
+    assert cache.get(image, "p", loc) is not None  # the ROI itself is intact
+    npz.unlink()
+    assert cache.get(image, "p", loc) is None and cache.valid_entries() == []
+
+
+def test_old_format_entries_are_misses(tmp_path: Path) -> None:
+    cache, loc = RoiCache(tmp_path), BrightBoxLocalizer()
+    cache.get_or_compute(_image2d(), "p", loc)
+    key = cache.key(_image2d(), "p", loc)
+    path = tmp_path / "entries" / f"{key}.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "format_version": "1"}))
+    assert cache.get(_image2d(), "p", loc) is None
+
+
+def test_lookup_by_image_alone(tmp_path: Path) -> None:
+    from medssl.errors import MedsslInputError
+
+    cache = RoiCache(tmp_path)
+    assert cache.lookup(_image3d()) is None  # no cache folder yet
+    cache.get_or_compute(_image3d(), "p", BrightBoxLocalizer())
+    found = RoiCache(tmp_path).lookup(_image3d())
+    assert found is not None and found.boxes == [((1, 3), (1, 4), (2, 3))]
+    assert cache.lookup(_image3d(offset=1)) is None
+    cache.get_or_compute(_image3d(), "q", SaliencyLocalizer())  # the index notices the new entry
+    with pytest.raises(MedsslInputError) as info:
+        cache.lookup(_image3d())
+    message = str(info.value)
+    assert "2 cached ROI maps" in message and "prompt 'p'" in message and "prompt 'q'" in message
+    assert "'bright-box'" in message and "'saliency-box'" in message
+    assert cache.lookup(_image3d(), prompt="q").provenance["backend"] == "saliency-box"
+    assert cache.lookup(_image3d(), backend="bright-box").provenance["prompt"] == "p"
+    assert cache.lookup(_image3d(), prompt="p", backend="saliency-box") is None
