@@ -8,7 +8,6 @@ from __future__ import annotations
 import typer
 
 _PLANNED = {
-    "localize": "text-guided region localization (prompt -> ROI maps, BiomedCLIP+SAM, CLIPSeg, structures)",
     "pretrain": "masked image modeling pretraining (SparK, random and text-guided masking, 2D and 3D)",
     "finetune": "fine-tuning of pretrained encoders (classification, Mask R-CNN detection)",
     "report": "HTML / markdown reports over run directories",

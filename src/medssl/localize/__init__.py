@@ -23,7 +23,13 @@ from typing import Any
 
 from medssl.errors import MedsslInputError
 from medssl.localize.base import LocalizationResult, Localizer, make_provenance
-from medssl.localize.cache import CACHE_FORMAT_VERSION, RoiCache, image_content_hash
+from medssl.localize.cache import (
+    CACHE_FORMAT_VERSION,
+    INTERMEDIATES,
+    RoiCache,
+    context_digest,
+    image_content_hash,
+)
 from medssl.localize.postprocess import (
     Box,
     boxes_to_mask,
@@ -35,8 +41,35 @@ from medssl.localize.postprocess import (
     union_box,
 )
 
+#: Names imported on first use (their modules pull in pydantic / matplotlib).
+_LAZY = {
+    "LocalizeRunConfig": "medssl.localize.run",
+    "LocalizeRunSummary": "medssl.localize.run",
+    "run_localization": "medssl.localize.run",
+    "LocalizationEvaluation": "medssl.localize.evaluate",
+    "evaluate_localization": "medssl.localize.evaluate",
+    "write_localization_preview": "medssl.localize.preview",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "CACHE_FORMAT_VERSION",
+    "INTERMEDIATES",
+    "LocalizationEvaluation",
+    "LocalizeRunConfig",
+    "LocalizeRunSummary",
+    "context_digest",
+    "evaluate_localization",
+    "run_localization",
+    "write_localization_preview",
     "LOCALIZERS",
     "Box",
     "LocalizationResult",
