@@ -10,7 +10,6 @@ import typer
 _PLANNED = {
     "pretrain": "masked image modeling pretraining (SparK, random and text-guided masking, 2D and 3D)",
     "finetune": "fine-tuning of pretrained encoders (classification, Mask R-CNN detection)",
-    "report": "HTML / markdown reports over run directories",
 }
 
 

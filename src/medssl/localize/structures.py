@@ -82,7 +82,9 @@ class SentenceEncoder:
         if not (self.model_dir / "config.json").is_file():
             raise MedsslInputError(self.model_dir, "not a sentence encoder folder (no config.json)")
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # a local 90 MB load needs no progress bar on every run
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
             self._model = AutoModel.from_pretrained(str(self.model_dir)).eval()
