@@ -1,0 +1,111 @@
+"""Learning-rate and weight-decay schedules, parameter groups and LAMB for masked pretraining.
+
+The recipe of the SparK / Mask What Matters reference (spec/mwm.md section 4), per iteration ``i`` of
+``T`` with ``W`` warm-up iterations:
+
+* learning rate: linear warm-up ``peak * (s + (1 - s) * i / W)`` for ``i < W`` (``s`` =
+  :data:`WARMUP_START_RATIO`), then cosine ``peak * (r + (1 - r) * (1 + cos(pi * (i - W) / (T - 1 - W))) / 2)``
+  down to ``r * peak`` at the last iteration (``r`` = ``min_lr_ratio``, 0.001 in the reference);
+* weight decay: cosine from ``wd_start`` at iteration 0 to ``wd_end`` at iteration ``T - 1``:
+  ``wd_end + (wd_start - wd_end) * (1 + cos(pi * i / (T - 1))) / 2`` (0.04 -> 0.2 in the reference);
+* peak learning rate = ``base_lr * batch_size / 256`` (2e-4 per 256 images: 1e-4 at batch 128);
+* no weight decay on 1-D parameters (norm weights, biases), on parameters named ``*.bias`` and on the
+  model's ``no_weight_decay()`` names (mask tokens);
+* optimiser: LAMB of timm with betas (0.9, 0.95).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "WARMUP_START_RATIO",
+    "apply_weight_decay",
+    "build_lamb",
+    "cosine_weight_decay",
+    "lr_factor",
+    "param_groups",
+    "peak_lr",
+]
+
+#: Learning rate at the first warm-up iteration, as a fraction of the peak.
+WARMUP_START_RATIO = 0.005
+
+
+def peak_lr(base_lr: float, batch_size: int) -> float:
+    """Peak learning rate ``base_lr * batch_size / 256`` (``batch_size``: images per step, all processes)."""
+    return float(base_lr) * int(batch_size) / 256.0
+
+
+def lr_factor(iteration: int, total: int, warmup: int, min_lr_ratio: float = 1e-3,
+              warmup_start: float = WARMUP_START_RATIO) -> float:
+    """Multiplier of the peak learning rate at ``iteration`` (0-based) of ``total``.
+
+    Linear warm-up from ``warmup_start`` over the first ``warmup`` iterations, then a half cosine from 1
+    at iteration ``warmup`` to ``min_lr_ratio`` at iteration ``total - 1``.
+    """
+    i, t, w = int(iteration), int(total), max(0, int(warmup))
+    if i < w:
+        return warmup_start + (1.0 - warmup_start) * i / w
+    span = t - 1 - w
+    if span <= 0:
+        return 1.0
+    progress = min(1.0, (i - w) / span)
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def cosine_weight_decay(iteration: int, total: int, wd_start: float, wd_end: float) -> float:
+    """Weight decay at ``iteration``: half cosine from ``wd_start`` (iteration 0) to ``wd_end`` (``total - 1``)."""
+    if total <= 1:
+        return float(wd_start)
+    progress = min(1.0, int(iteration) / (int(total) - 1))
+    return float(wd_end) + (float(wd_start) - float(wd_end)) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _no_decay_names(model: nn.Module) -> set[str]:
+    fn = getattr(model, "no_weight_decay", None)
+    return set(fn()) if callable(fn) else set()
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two parameter groups: ``decay`` (weight decay ``weight_decay``) and ``no_decay`` (none).
+
+    ``no_decay`` holds parameters with fewer than 2 dimensions, names ending in ``bias``, names containing
+    ``mask_token`` and the names ``model.no_weight_decay()`` returns. Frozen parameters are left out. Each
+    group carries ``wd_scale`` (1 or 0), which :func:`apply_weight_decay` multiplies the scheduled decay by.
+    """
+    skip = _no_decay_names(model)
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if param.ndim <= 1 or name.endswith("bias") or "mask_token" in name or name in skip:
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    groups = [{"params": decay, "weight_decay": float(weight_decay), "wd_scale": 1.0, "group_name": "decay"},
+              {"params": no_decay, "weight_decay": 0.0, "wd_scale": 0.0, "group_name": "no_decay"}]
+    return [g for g in groups if g["params"]]
+
+
+def apply_weight_decay(optimizer: torch.optim.Optimizer, weight_decay: float) -> None:
+    """Set every group's weight decay to ``weight_decay * wd_scale`` (groups without a scale keep theirs)."""
+    for group in optimizer.param_groups:
+        if "wd_scale" in group:
+            group["weight_decay"] = float(weight_decay) * float(group["wd_scale"])
+
+
+def build_lamb(groups: Iterable[dict[str, Any]], lr: float, betas: tuple[float, float] = (0.9, 0.95),
+               eps: float = 1e-6) -> torch.optim.Optimizer:
+    """timm's LAMB over ``groups`` (from :func:`param_groups`), without its own gradient clipping
+    (the training loop clips the global norm)."""
+    from timm.optim import Lamb
+
+    return Lamb(list(groups), lr=float(lr), betas=(float(betas[0]), float(betas[1])), eps=float(eps),
+                max_grad_norm=None)
