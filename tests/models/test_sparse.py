@@ -87,6 +87,38 @@ def test_single_batchnorm_uses_visible_statistics(dims: int) -> None:
     torch.testing.assert_close(out_eval, expected_eval)
 
 
+def test_batchnorm_with_one_visible_vector_keeps_running_statistics() -> None:
+    """One visible position has no unbiased variance: the layer normalises it (to its bias) and leaves
+    the running statistics and the batch counter untouched instead of failing."""
+    bn = nn.BatchNorm2d(3)
+    with torch.no_grad():
+        bn.bias.copy_(torch.tensor([0.5, -1.0, 2.0]))
+    sparse = convert_to_sparse(bn)
+    visible = torch.zeros(1, 2, 2, dtype=torch.bool)
+    visible[0, 1, 0] = True
+    x = torch.randn(1, 3, 2, 2)
+    out = sparse_forward(sparse, x, visible, features=_single)[0]
+    torch.testing.assert_close(out[0, :, 1, 0], bn.bias.detach())
+    assert (out[0, :, 0] == 0).all() and (out[0, :, 1, 1] == 0).all()
+    assert torch.equal(sparse.running_mean, torch.zeros(3)) and torch.equal(sparse.running_var, torch.ones(3))
+    assert int(sparse.num_batches_tracked) == 0
+
+
+def test_batchnorm_cumulative_average_momentum_none() -> None:
+    bn = nn.BatchNorm2d(2, momentum=None)
+    sparse = convert_to_sparse(bn)
+    torch.manual_seed(1)
+    means = []
+    for seed in (4, 5):
+        x = torch.randn(2, 2, 4, 4) + seed
+        visible = _mask(2, (2, 2), seed=seed)
+        sparse_forward(sparse, x, visible, features=_single)
+        values = x.movedim(1, -1)[_up(visible, 2)[:, 0]]
+        means.append(values.mean(0))
+    torch.testing.assert_close(sparse.running_mean, (means[0] + means[1]) / 2)
+    assert int(sparse.num_batches_tracked) == 2
+
+
 @pytest.mark.parametrize("dims", [2, 3])
 def test_norm_statistics_ignore_masked_values(dims: int) -> None:
     torch.manual_seed(0)

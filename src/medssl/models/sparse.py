@@ -77,12 +77,24 @@ class _RemaskChannelsLast(SparseLayer):
 
 
 class _SparseBatchNorm(SparseLayer):
-    """Batch norm over visible positions only: the visible (N, C) vectors are normalised as one batch."""
+    """Batch norm over visible positions only: the visible (N, C) vectors are normalised as one batch.
+
+    Plain ``BatchNorm`` layers compute the masked statistics with dense masked sums (no gather /
+    scatter); ``SyncBatchNorm`` packs the visible vectors and lets the layer synchronise them across
+    processes. Both update the running statistics exactly as the dense layer would on those N vectors
+    (unbiased running variance); with fewer than two visible vectors the running statistics are left
+    unchanged (a variance of one vector is undefined).
+    """
 
     def forward(self, x: Tensor) -> Tensor:
         mask = self._mask(x.shape[2:])
         if mask is None:
             return super().forward(x)  # type: ignore[misc]
+        if isinstance(self, nn.SyncBatchNorm):
+            return self._packed_forward(x, mask)
+        return self._masked_sum_forward(x, mask)
+
+    def _packed_forward(self, x: Tensor, mask: Tensor) -> Tensor:
         keep = mask[:, 0]
         channels_last = x.movedim(1, -1)
         selected = channels_last[keep]  # (N, C)
@@ -94,6 +106,44 @@ class _SparseBatchNorm(SparseLayer):
         normed = super().forward(packed).reshape(c, n).t()  # type: ignore[misc]
         out = normed.new_zeros(channels_last.shape[:-1] + (normed.shape[1],))
         return out.index_put((keep,), normed).movedim(-1, 1)
+
+    def _masked_sum_forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        bn: nn.modules.batchnorm._BatchNorm = self  # type: ignore[assignment]
+        weight_mask = mask.to(x.dtype)
+        reduce_dims = [0, *range(2, x.ndim)]
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        use_batch_stats = bn.training or bn.running_mean is None
+        if use_batch_stats:
+            n = weight_mask.sum()  # a tensor: no host synchronisation on accelerators
+            mean = (x * weight_mask).sum(reduce_dims) / n.clamp_min(1)
+            centred = (x - mean.reshape(shape)) * weight_mask
+            var = (centred * centred).sum(reduce_dims) / n.clamp_min(1)
+            if bn.training and bn.running_mean is not None:
+                self._update_running_stats(mean.detach(), var.detach() * n / (n - 1).clamp_min(1), n > 1)
+        else:
+            mean, var = bn.running_mean, bn.running_var  # type: ignore[assignment]
+        scale = torch.rsqrt(var + bn.eps)
+        if bn.weight is not None:
+            scale = scale * bn.weight
+        out = (x - mean.reshape(shape)) * scale.reshape(shape)
+        if bn.bias is not None:
+            out = out + bn.bias.reshape(shape)
+        return out * weight_mask
+
+    @torch.no_grad()
+    def _update_running_stats(self, mean: Tensor, unbiased_var: Tensor, valid: Tensor) -> None:
+        """Blend the batch statistics into the running ones where ``valid`` (a 0-d bool tensor)."""
+        bn: nn.modules.batchnorm._BatchNorm = self  # type: ignore[assignment]
+        assert bn.running_mean is not None and bn.running_var is not None
+        if bn.num_batches_tracked is not None:
+            bn.num_batches_tracked.add_(valid.to(bn.num_batches_tracked.dtype))
+        if bn.momentum is None:  # cumulative moving average, as the dense layer
+            assert bn.num_batches_tracked is not None
+            momentum = valid.to(mean.dtype) / bn.num_batches_tracked.clamp_min(1).to(mean.dtype)
+        else:
+            momentum = valid.to(mean.dtype) * bn.momentum
+        bn.running_mean.copy_(bn.running_mean + momentum * (mean.to(bn.running_mean.dtype) - bn.running_mean))
+        bn.running_var.copy_(bn.running_var + momentum * (unbiased_var.to(bn.running_var.dtype) - bn.running_var))
 
 
 class _SparseGroupNorm(SparseLayer):
