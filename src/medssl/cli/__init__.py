@@ -14,6 +14,7 @@ from medssl import __version__
 from medssl.cli import data as data_cli
 from medssl.cli import demo as demo_cli
 from medssl.cli import finetune as finetune_cli
+from medssl.cli import finetune_detect
 from medssl.cli import localize as localize_cli
 from medssl.cli import pretrain as pretrain_cli
 from medssl.cli import report as report_cli
@@ -31,6 +32,7 @@ app = typer.Typer(
 app.add_typer(data_cli.app, name="data")
 app.add_typer(localize_cli.app, name="localize")
 app.add_typer(pretrain_cli.app, name="pretrain")
+finetune_cli.app.command("detect")(finetune_detect.detect)
 app.add_typer(finetune_cli.app, name="finetune")
 app.add_typer(semi_cli.app, name="semi")
 app.command("demo")(demo_cli.demo)
