@@ -1,33 +1,64 @@
-"""The demo runs the whole current pipeline (here with a 2-iteration training)."""
+"""The demo runs the whole main job (here with the quick data counts and a few iterations)."""
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import pytest
 
-from medssl.demo import DEMO_DATASETS, run_demo
+from medssl.demo import DEMO_DATASETS, DEMO_PROMPTS, QUICK_COUNTS, run_demo
 from medssl.errors import MedsslInputError
 from medssl.runtime.metrics_log import read_metrics
 
 
 def test_demo_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    result = run_demo(out, quiet=True, iterations=2)
+    result = run_demo(out, quiet=True, iterations=2, pretrain_epochs=1, quick=True)
     assert set(result.datasets) == {name for name, _, _ in DEMO_DATASETS}
-    for name, n, _ in DEMO_DATASETS:
+    for name, _, _ in DEMO_DATASETS:
         images = list((result.datasets[name] / "images").iterdir())
-        assert len(images) == n
+        assert len(images) == QUICK_COUNTS[name]
         assert result.previews[name].stat().st_size > 5000  # a real montage, not an empty canvas
+
+    # localization: one cache entry per image of each localized dataset, with previews
+    for name, prompt in DEMO_PROMPTS:
+        manifest = json.loads((result.roi_caches[name] / "manifest.json").read_text())
+        assert manifest["entries"] == QUICK_COUNTS[name] and manifest["prompts"] == {prompt: QUICK_COUNTS[name]}
+    atrium = json.loads((result.roi_caches["atrium3d"] / "manifest.json").read_text())
+    assert atrium["images_with_roi"] == QUICK_COUNTS["atrium3d"]  # every phantom has a left atrium
+    assert len(result.roi_previews) == 2 * len(DEMO_PROMPTS)
+
+    # guided pretraining on the training volumes only, with actual mask ratios logged
+    assert result.pretrain_run is not None
+    rows = read_metrics(result.pretrain_run / "metrics.csv")
+    train_ids = (result.datasets["atrium3d"] / "train.list").read_text().split()
+    assert rows and all(0.0 < r["mask_ratio"] < 1.0 for r in rows if r.get("mask_ratio") is not None)
+    manifest = json.loads((result.pretrain_run / "manifest.json").read_text())
+    assert manifest["extra"]["pretrain"]["data"]["images"] == len(train_ids)
+    assert result.reconstructions and all(p.stat().st_size > 5000 for p in result.reconstructions)
+    assert result.encoder is not None and result.encoder.is_file()
+
+    # CORN initialised from that encoder (both branches), then evaluated on the test volumes
+    assert result.init_report is not None
+    assert result.init_report["modules"] == ["net.branch1.encoder", "net.branch2.encoder"]
     run = result.semi_run
     assert run is not None and (run / "checkpoints" / "final.pt").is_file()
     rows = read_metrics(run / "metrics.csv")
     assert [r["iteration"] for r in rows] == [2] and rows[0]["pool_bytes"] > 0  # the final iteration is logged
     summary = (out / "SUMMARY.md").read_text()
-    assert "Dice (%)" in summary and "empty predictions" in summary
+    assert "Dice (%)" in summary and "empty predictions" in summary and "exported encoder" in summary
     test_ids = (result.datasets["atrium3d"] / "test.list").read_text().split()
     predictions = sorted(p.name for p in (result.evaluation_md.parent / "predictions").iterdir())
     assert predictions == sorted(f"{c}.nii.gz" for c in test_ids)
+
+    # one self-contained report over the ROI cache and both runs
+    assert result.report is not None
+    html = result.report.read_text()
+    for name in ("atrium3d", "mwm_atrium3d", "corn_atrium3d"):
+        assert name in html
+    assert len(re.findall(r"data:image/png;base64,", html)) >= 4
 
     with pytest.raises(MedsslInputError, match="--overwrite"):
         run_demo(out, quiet=True, iterations=2)

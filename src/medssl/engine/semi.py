@@ -144,6 +144,7 @@ class SemiTrainResult:
     loop: LoopResult
     evaluation: EvalResult | None
     global_rank: int = 0
+    init_report: dict[str, Any] | None = None
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -372,7 +373,8 @@ def train_semi(
     evaluation = None
     if cfg.evaluate_after and splits.val and fabric.global_rank == 0:
         evaluation = evaluate_run(run.root, quiet=cfg.runtime.quiet)
-    return SemiTrainResult(run_dir=run.root, loop=loop, evaluation=evaluation, global_rank=fabric.global_rank)
+    return SemiTrainResult(run_dir=run.root, loop=loop, evaluation=evaluation, global_rank=fabric.global_rank,
+                           init_report=init_report)
 
 
 # ----------------------------------------------------------------------------------- inference
