@@ -12,26 +12,22 @@ import torch
 import torch.nn.functional as F
 
 from medssl.config import load_config
-from medssl.data.io import write_png
-from medssl.engine.classify import (
-    ClassifyAugmentConfig,
-    ClassifyConfig,
+from medssl.data.classify import (
+    ClassificationSplit,
     ClassifyDataConfig,
-    EpochBatches,
-    build_batch_fn,
-    build_classifier,
+    ImageCache,
     channel_stats,
-    classification_loss,
-    init_in_chans,
-    layer_decay_param_groups,
     load_image_cache,
-    lr_multiplier,
     open_classification_data,
-    read_encoder_state,
-    soft_targets,
     stratified_holdout,
 )
+from medssl.data.classify_batches import ClassifyAugmentConfig, EpochBatches, build_batch_fn
+from medssl.data.io import write_png
+from medssl.engine.classify import ClassifyConfig
+from medssl.engine.classify_eval import classification_loss, soft_targets
+from medssl.engine.classify_optim import layer_decay_param_groups, lr_multiplier
 from medssl.errors import MedsslInputError
+from medssl.models.classifier import build_classifier, init_in_chans, read_encoder_state
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "finetune"
 
@@ -96,6 +92,36 @@ def test_lr_schedule_warmup_then_cosine() -> None:
     assert values[7] == pytest.approx(0.001 + 0.999 * (1 + math.cos(math.pi * r)) / 2)
     assert all(a > b for a, b in zip(values[4:], values[5:], strict=False))
     assert lr_multiplier(0, 1, 0, 0.005, 0.001) == pytest.approx(0.001)  # a single step is the last one
+
+
+def test_fine_tuning_schedule_is_the_pretraining_schedule() -> None:
+    from medssl.engine.schedules import lr_factor
+
+    # one formula: identical floats wherever the cosine has a length, warm-up and clamped tail included
+    for total, warm in ((10, 4), (7, 0), (3, 5), (50, 12)):
+        for i in range(total + 2):
+            assert lr_multiplier(i, total, warm, 0.02, 0.003) == lr_factor(i, total, warm, 0.003, 0.02)
+    # a cosine without length (total - 1 <= warm-up): fine-tuning ends at its floor, pretraining at the peak
+    assert lr_multiplier(4, 5, 4, 0.02, 0.003) == 0.003 and lr_factor(4, 5, 4, 0.003, 0.02) == 1.0
+
+
+def test_public_names_stay_importable_from_engine_classify() -> None:
+    import importlib
+
+    import medssl.engine.classify as facade
+
+    homes = {"medssl.data.classify": ["ClassificationSplit", "ClassificationData", "ClassifyDataConfig", "ImageCache",
+                                      "open_classification_data", "stratified_holdout", "load_image_cache"],
+             "medssl.data.classify_batches": ["ClassifyAugmentConfig", "EpochBatches", "build_batch_fn"],
+             "medssl.models.classifier": ["ClassifyModelConfig", "InitReport", "build_classifier", "read_encoder_state"],
+             "medssl.engine.classify_optim": ["ClassifyOptimConfig", "layer_decay_param_groups", "lr_multiplier",
+                                              "resnet_layer_ids"],
+             "medssl.engine.classify_eval": ["BEST_LABEL", "FINAL_LABEL", "soft_targets", "classification_loss"]}
+    for module, names in homes.items():
+        home = importlib.import_module(module)
+        for name in names:
+            assert getattr(facade, name) is getattr(home, name), name
+    assert all(hasattr(facade, name) for name in facade.__all__)
 
 
 # ----------------------------------------------------------------------------------- data splits
@@ -169,8 +195,6 @@ def test_imagefolder_split_folders_map_classes_by_name(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------- images, batches
 def test_image_channels_resize_and_stats(tmp_path: Path) -> None:
-    from medssl.engine.classify import ClassificationSplit
-
     gray = _image(tmp_path / "g.png", 100, size=16)
     rgb_arr = np.zeros((16, 16, 3), np.uint8)
     rgb_arr[..., 0], rgb_arr[..., 1], rgb_arr[..., 2] = 30, 60, 90
@@ -209,8 +233,6 @@ def test_batches_are_a_pure_function_of_the_iteration(tmp_path: Path) -> None:
         EpochBatches(n=3, global_batch=4, seed=0)
     with pytest.raises(MedsslInputError, match="divisible"):
         EpochBatches(n=10, global_batch=3, seed=0, world_size=2)
-
-    from medssl.engine.classify import ImageCache
 
     images = torch.arange(10 * 4 * 4, dtype=torch.float32).reshape(10, 1, 4, 4)
     cache = ImageCache(images=images, targets=torch.arange(10) % 2, paths=[tmp_path] * 10)

@@ -1,7 +1,11 @@
-"""Learning-rate and weight-decay schedules, parameter groups and LAMB for masked pretraining.
+"""Learning-rate and weight-decay schedules, parameter groups and LAMB.
 
-The recipe of the SparK / Mask What Matters reference (spec/mwm.md section 4), per iteration ``i`` of
-``T`` with ``W`` warm-up iterations:
+The one warm-up + cosine learning-rate schedule of medssl: masked pretraining
+(:mod:`medssl.engine.pretrain`) and classification fine-tuning (:mod:`medssl.engine.classify_optim`)
+both use :func:`lr_factor`, and both build timm's LAMB through :func:`build_lamb`.
+
+The pretraining recipe of the SparK / Mask What Matters reference (spec/mwm.md section 4), per iteration
+``i`` of ``T`` with ``W`` warm-up iterations:
 
 * learning rate: linear warm-up ``peak * (s + (1 - s) * i / W)`` for ``i < W`` (``s`` =
   :data:`WARMUP_START_RATIO`), then cosine ``peak * (r + (1 - r) * (1 + cos(pi * (i - W) / (T - 1 - W))) / 2)``
@@ -43,18 +47,22 @@ def peak_lr(base_lr: float, batch_size: int) -> float:
 
 
 def lr_factor(iteration: int, total: int, warmup: int, min_lr_ratio: float = 1e-3,
-              warmup_start: float = WARMUP_START_RATIO) -> float:
+              warmup_start: float = WARMUP_START_RATIO, *, last_at_floor: bool = False) -> float:
     """Multiplier of the peak learning rate at ``iteration`` (0-based) of ``total``.
 
     Linear warm-up from ``warmup_start`` over the first ``warmup`` iterations, then a half cosine from 1
-    at iteration ``warmup`` to ``min_lr_ratio`` at iteration ``total - 1``.
+    at iteration ``warmup`` to ``min_lr_ratio`` at iteration ``total - 1`` (clamped there after it).
+
+    When the cosine has no length (``total - 1 <= warmup``), iterations from ``warmup`` on take the peak
+    (1), or ``min_lr_ratio`` with ``last_at_floor`` (fine-tuning's rule: the last iteration always sits
+    at the floor, so a one-iteration run trains at ``min_lr_ratio``).
     """
     i, t, w = int(iteration), int(total), max(0, int(warmup))
     if i < w:
         return warmup_start + (1.0 - warmup_start) * i / w
     span = t - 1 - w
     if span <= 0:
-        return 1.0
+        return float(min_lr_ratio) if last_at_floor else 1.0
     progress = min(1.0, (i - w) / span)
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
@@ -102,10 +110,15 @@ def apply_weight_decay(optimizer: torch.optim.Optimizer, weight_decay: float) ->
 
 
 def build_lamb(groups: Iterable[dict[str, Any]], lr: float, betas: tuple[float, float] = (0.9, 0.95),
-               eps: float = 1e-6) -> torch.optim.Optimizer:
-    """timm's LAMB over ``groups`` (from :func:`param_groups`), without its own gradient clipping
-    (the training loop clips the global norm)."""
+               eps: float = 1e-6, *, bias_correction: bool = True, always_adapt: bool = False
+               ) -> torch.optim.Optimizer:
+    """timm's LAMB over ``groups`` (each with its own ``weight_decay``), without its own gradient clipping
+    (the training loop clips the global norm).
+
+    Pretraining uses the defaults over :func:`param_groups`; the fine-tuning reference turns bias
+    correction off and applies the trust ratio to every group (``always_adapt``), weight-decayed or not.
+    """
     from timm.optim import Lamb
 
     return Lamb(list(groups), lr=float(lr), betas=(float(betas[0]), float(betas[1])), eps=float(eps),
-                max_grad_norm=None)
+                bias_correction=bias_correction, always_adapt=always_adapt, max_grad_norm=None)
