@@ -7,56 +7,10 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 import typer
 
-app = typer.Typer(help="Fine-tune pretrained encoders: classification.", no_args_is_help=True)
-
-CONFIGS_DIR = Path(__file__).resolve().parents[3] / "configs"
-
-
-def _preset_path(config: Path | None) -> Path | None:
-    """``--config`` as given; a bare preset name (``classify_brain2d_resnet18``) is looked up in configs/finetune/."""
-    if config is None:
-        return None
-    if config.is_file():
-        return config
-    for candidate in (CONFIGS_DIR / "finetune" / f"{config}.yaml", CONFIGS_DIR / "finetune" / str(config)):
-        if candidate.is_file():
-            return candidate
-    from medssl.errors import MedsslInputError
-
-    raise MedsslInputError(config, "config file not found (nor a preset name in configs/finetune/)")
-
-
-def _saved_config(name: str | None, runs_root: Path | None) -> dict[str, Any]:
-    """The config saved in the run being resumed (so ``--resume --name X`` needs nothing else)."""
-    import yaml
-
-    from medssl.errors import MedsslInputError
-
-    if name is None:
-        raise MedsslInputError("--resume", "give --name of the run to resume (or --config with the preset)")
-    path = (runs_root or Path("runs")) / name / "config.yaml"
-    if not path.is_file():
-        raise MedsslInputError(path, "cannot resume: the run has no config.yaml")
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    return data if isinstance(data, dict) else {}
-
-
-def _preset_name(preset: Path | None) -> str | None:
-    import yaml
-
-    if preset is None:
-        return None
-    try:
-        data = yaml.safe_load(preset.read_text(encoding="utf-8")) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return None  # load_config reports the problem
-    runtime = data.get("runtime") if isinstance(data, dict) else None
-    return runtime.get("name") if isinstance(runtime, dict) else None
-
+app = typer.Typer(help="Fine-tune pretrained encoders: classification and Mask R-CNN detection.", no_args_is_help=True)
 
 @app.command("classify")
 def classify(
@@ -80,34 +34,17 @@ def classify(
     quiet: bool = typer.Option(False, "--quiet", help="Plain log lines instead of progress bars."),
 ) -> None:
     """Fine-tune a timm classifier; reports the best epoch (selected on validation) and the final epoch."""
-    from medssl.config import load_config
+    from medssl.cli._training import resolve_training_config, runtime_flags
     from medssl.engine.classify import ClassifyConfig, train_classifier
-    from medssl.runtime.session import prepare_mode
 
-    mode = prepare_mode(resume, overwrite)
-    base: dict[str, Any] = {"runtime": {}, "data": {}}
-    preset = _preset_path(config)
-    if resume and preset is None:
-        base = _saved_config(name, runs_root)
-    overrides = list(set_)
-    flags = {"data.spec": data, "model.backbone": backbone, "init": init, "epochs": epochs,
-             "runtime.runs_root": runs_root, "runtime.seed": seed, "runtime.devices": devices,
-             "runtime.num_nodes": num_nodes, "runtime.strategy": strategy, "runtime.precision": precision,
-             "runtime.accelerator": accelerator, "runtime.threads": threads}
-    for key, value in flags.items():
-        if value is not None:
-            overrides.append(f"{key}={value}")
-    if quiet:
-        overrides.append("runtime.quiet=true")
-    if name is not None:
-        overrides.append(f"runtime.name={name}")
-    elif not ((base.get("runtime") or {}).get("name") or _preset_name(preset)
-              or any(o.startswith("runtime.name=") for o in overrides)):
-        overrides.append("runtime.name=__auto__")
-    cfg = load_config(ClassifyConfig, preset, overrides, base=base)
-    if cfg.runtime.name == "__auto__":
-        cfg.runtime.name = (f"classify_{cfg.model.backbone}_{'init' if cfg.init is not None else 'scratch'}"
-                            f"_s{cfg.runtime.seed}")
+    flags = {"model.backbone": backbone, "epochs": epochs,
+             **runtime_flags(seed=seed, devices=devices, num_nodes=num_nodes, strategy=strategy,
+                             precision=precision, accelerator=accelerator, threads=threads)}
+    cfg, mode = resolve_training_config(
+        ClassifyConfig, group="finetune", config=config, name=name, runs_root=runs_root, resume=resume,
+        overwrite=overwrite, overrides=set_, flags=flags, texts={"data.spec": data, "init": init}, quiet=quiet,
+        auto_name=lambda c: (f"classify_{c.model.backbone}_{'init' if c.init is not None else 'scratch'}"
+                             f"_s{c.runtime.seed}"))
     result = train_classifier(cfg, mode, command=sys.argv)
     if result.global_rank != 0:
         return

@@ -8,26 +8,8 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 import typer
-
-CONFIGS_DIR = Path(__file__).resolve().parents[3] / "configs"
-PRESET_FOLDER = "finetune"
-
-
-def _preset_path(config: Path | None) -> Path | None:
-    """``--config`` as given; a bare preset name (``detect_brain2d_r18``) is looked up in configs/finetune/."""
-    if config is None:
-        return None
-    if config.is_file():
-        return config
-    for candidate in (CONFIGS_DIR / PRESET_FOLDER / f"{config}.yaml", CONFIGS_DIR / PRESET_FOLDER / str(config)):
-        if candidate.is_file():
-            return candidate
-    from medssl.errors import MedsslInputError
-
-    raise MedsslInputError(config, f"config file not found (nor a preset name in configs/{PRESET_FOLDER}/)")
 
 
 def _data_overrides(data: Path) -> list[str]:
@@ -39,33 +21,6 @@ def _data_overrides(data: Path) -> list[str]:
     if data.is_file():
         return [f"data.root={data.parent}", f"data.annotations={data}"]
     raise MedsslInputError(data, "dataset folder or COCO annotation file not found")
-
-
-def _saved_config(name: str | None, runs_root: Path | None) -> dict[str, Any]:
-    """The config saved in the run being resumed (so ``--resume --name X`` needs nothing else)."""
-    import yaml
-
-    from medssl.errors import MedsslInputError
-
-    if name is None:
-        raise MedsslInputError("--resume", "give --name of the run to resume (or --config with the preset)")
-    path = (runs_root or Path("runs")) / name / "config.yaml"
-    if not path.is_file():
-        raise MedsslInputError(path, "cannot resume: the run has no config.yaml")
-    loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    return loaded if isinstance(loaded, dict) else {}
-
-
-def _named(base: dict[str, Any], preset: Path | None, overrides: list[str]) -> bool:
-    import yaml
-
-    if (base.get("runtime") or {}).get("name"):
-        return True
-    if preset is not None:
-        loaded = yaml.safe_load(preset.read_text(encoding="utf-8")) or {}
-        if isinstance(loaded, dict) and (loaded.get("runtime") or {}).get("name"):
-            return True
-    return any(o.startswith("runtime.name=") for o in overrides)
 
 
 def detect(
@@ -89,31 +44,18 @@ def detect(
     quiet: bool = typer.Option(False, "--quiet", help="Plain log lines instead of progress bars."),
 ) -> None:
     """Fine-tune Mask R-CNN (ResNet-FPN) from a pretrained encoder; reports COCO BoxAP and MaskAP."""
-    from medssl.config import load_config
+    from medssl.cli._training import resolve_training_config, runtime_flags
     from medssl.engine.detect import DetectConfig, train_detector
-    from medssl.runtime.session import prepare_mode
 
-    mode = prepare_mode(resume, overwrite)
-    base: dict[str, Any] = {"runtime": {}, "data": {}}
-    preset = _preset_path(config)
-    if resume and preset is None:
-        base = _saved_config(name, runs_root)
-    overrides = _data_overrides(data) if data is not None else []
-    overrides += list(set_)
-    flags = {"model.backbone": backbone, "init": init, "epochs": epochs, "max_iterations": iterations,
-             "runtime.runs_root": runs_root, "runtime.seed": seed, "runtime.devices": devices,
-             "runtime.accelerator": accelerator, "runtime.precision": precision, "runtime.threads": threads}
-    overrides += [f"{key}={value}" for key, value in flags.items() if value is not None]
-    if quiet:
-        overrides.append("runtime.quiet=true")
-    if name is not None:
-        overrides.append(f"runtime.name={name}")
-    elif not _named(base, preset, overrides):
-        overrides.append("runtime.name=__auto__")
-    cfg = load_config(DetectConfig, preset, overrides, base=base)
-    if cfg.runtime.name == "__auto__":
-        source = Path(cfg.init).stem if cfg.init is not None else "scratch"
-        cfg.runtime.name = f"detect_{cfg.model.backbone}_{source}_s{cfg.runtime.seed}"
+    flags = {"model.backbone": backbone, "epochs": epochs, "max_iterations": iterations,
+             **runtime_flags(seed=seed, devices=devices, accelerator=accelerator, precision=precision,
+                             threads=threads)}
+    cfg, mode = resolve_training_config(
+        DetectConfig, group="finetune", config=config, name=name, runs_root=runs_root, resume=resume,
+        overwrite=overwrite, overrides=(_data_overrides(data) if data is not None else []) + list(set_),
+        flags=flags, texts={"init": init}, quiet=quiet,
+        auto_name=lambda c: f"detect_{c.model.backbone}_{Path(c.init).stem if c.init is not None else 'scratch'}"
+                            f"_s{c.runtime.seed}")
     result = train_detector(cfg, mode, command=sys.argv)
     if result.global_rank != 0:
         return

@@ -12,28 +12,10 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 import typer
 
 app = typer.Typer(help="Masked image pretraining (SparK / Mask What Matters): run, export.", no_args_is_help=True)
-
-CONFIGS_DIR = Path(__file__).resolve().parents[3] / "configs"
-
-
-def _preset_path(config: Path | None) -> Path | None:
-    """``--config`` as given; a bare preset name (``brain2d_resnet18_guided``) is looked up in configs/pretrain/."""
-    if config is None:
-        return None
-    if config.is_file():
-        return config
-    for candidate in (CONFIGS_DIR / "pretrain" / f"{config}.yaml", CONFIGS_DIR / "pretrain" / str(config)):
-        if candidate.is_file():
-            return candidate
-    from medssl.errors import MedsslInputError
-
-    raise MedsslInputError(config, "config file not found (nor a preset name in configs/pretrain/)")
-
 
 def _ratios(text: str) -> str:
     """``"0.8,0.4"`` -> ``"[0.8, 0.4]"`` (a YAML list for the override)."""
@@ -79,41 +61,21 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", help="Plain log lines instead of progress bars."),
 ) -> None:
     """Pretrain an encoder with SparK and random or text-guided (ROI) masks."""
-    from medssl.config import load_config
+    from medssl.cli._training import resolve_training_config, runtime_flags
     from medssl.engine.pretrain import PretrainConfig, train_pretrain
-    from medssl.runtime.session import prepare_mode
 
-    mode = prepare_mode(resume, overwrite)
-    base: dict[str, Any] = {"runtime": {}}
-    preset = _preset_path(config)
-    if resume and preset is None:
-        base = _saved_config(name, runs_root)
-    overrides = list(set_)
     flags = {"masking.kind": masking, "masking.ratio": ratio, "masking.ratios": None if ratios is None else _ratios(ratios),
              "masking.rule": rule, "model.backbone": backbone, "model.dims": dims, "data.image_size": image_size,
-             "optim.batch_size": batch_size, "optim.epochs": epochs, "runtime.seed": seed, "runtime.devices": devices, "runtime.num_nodes": num_nodes,
-             "runtime.strategy": strategy, "runtime.precision": precision, "runtime.accelerator": accelerator,
-             "runtime.threads": threads}
-    for key, value in flags.items():
-        if value is not None:
-            overrides.append(f"{key}={value}")
-    # Paths and free text go in quoted, so a ':' or '#' in them stays text.
-    texts = {"data.folder": data, "data.roi_cache": roi_cache, "data.split": split, "runtime.runs_root": runs_root,
-             "data.roi_prompt": roi_prompt, "data.roi_backend": roi_backend}
-    for key, value in texts.items():
-        if value is not None:
-            overrides.append(f"{key}={_yaml_text(str(value))}")
-    if allow_missing_roi:
-        overrides.append("data.allow_missing_roi=true")
-    if quiet:
-        overrides.append("runtime.quiet=true")
-    if name is not None:
-        overrides.append(f"runtime.name={name}")
-    elif not _has_name(base, preset, overrides):
-        overrides.append("runtime.name=__auto__")
-    cfg = load_config(PretrainConfig, preset, overrides, base=base)
-    if cfg.runtime.name == "__auto__":
-        cfg.runtime.name = f"{cfg.masking.kind}_{cfg.model.backbone}_s{cfg.runtime.seed}"
+             "optim.batch_size": batch_size, "optim.epochs": epochs,
+             "data.allow_missing_roi": True if allow_missing_roi else None,
+             **runtime_flags(seed=seed, devices=devices, num_nodes=num_nodes, strategy=strategy,
+                             precision=precision, accelerator=accelerator, threads=threads)}
+    texts = {"data.folder": data, "data.roi_cache": roi_cache, "data.split": split, "data.roi_prompt": roi_prompt,
+             "data.roi_backend": roi_backend}
+    cfg, mode = resolve_training_config(
+        PretrainConfig, group="pretrain", config=config, name=name, runs_root=runs_root, resume=resume,
+        overwrite=overwrite, overrides=set_, flags=flags, texts=texts, quiet=quiet,
+        auto_name=lambda c: f"{c.masking.kind}_{c.model.backbone}_s{c.runtime.seed}")
     result = train_pretrain(cfg, mode, command=sys.argv)
     if result.global_rank != 0:
         return
@@ -127,39 +89,6 @@ def run(
                f"last step {last.get('mask_ratio', float('nan')):.3f}")
     if s["data"]["missing_roi"]:
         typer.echo(f"{s['data']['missing_roi']} image(s) without ROI entry were masked uniformly")
-
-
-def _yaml_text(value: str) -> str:
-    import json
-
-    return json.dumps(value)  # a JSON string is a YAML string
-
-
-def _has_name(base: dict[str, Any], preset: Path | None, overrides: list[str]) -> bool:
-    import yaml
-
-    if base.get("runtime", {}).get("name"):
-        return True
-    if preset is not None:
-        loaded = yaml.safe_load(preset.read_text(encoding="utf-8")) or {}
-        if isinstance(loaded, dict) and (loaded.get("runtime") or {}).get("name"):
-            return True
-    return any(o.startswith("runtime.name=") for o in overrides)
-
-
-def _saved_config(name: str | None, runs_root: Path | None) -> dict[str, Any]:
-    """The config saved in the run being resumed (so ``--resume --name X`` needs nothing else)."""
-    import yaml
-
-    from medssl.errors import MedsslInputError
-
-    if name is None:
-        raise MedsslInputError("--resume", "give --name of the run to resume (or --config with the preset)")
-    path = (runs_root or Path("runs")) / name / "config.yaml"
-    if not path.is_file():
-        raise MedsslInputError(path, "cannot resume: the run has no config.yaml")
-    loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    return loaded if isinstance(loaded, dict) else {}
 
 
 @app.command("export")

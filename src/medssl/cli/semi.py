@@ -13,23 +13,6 @@ import typer
 
 app = typer.Typer(help="Semi-supervised 3D segmentation: train, evaluate, predict.", no_args_is_help=True)
 
-CONFIGS_DIR = Path(__file__).resolve().parents[3] / "configs"
-
-
-def _preset_path(config: Path | None, method: str | None) -> Path | None:
-    """``--config`` as given; a bare preset name (``atrium3d_corn``) is looked up in configs/semi/."""
-    if config is None:
-        return None
-    if config.is_file():
-        return config
-    for candidate in (CONFIGS_DIR / "semi" / f"{config}.yaml", CONFIGS_DIR / "semi" / str(config)):
-        if candidate.is_file():
-            return candidate
-    from medssl.errors import MedsslInputError
-
-    raise MedsslInputError(config, "config file not found (nor a preset name in configs/semi/)")
-
-
 @app.command("train")
 def train(
     method: str | None = typer.Option(None, "--method", help="supervised | mean_teacher | ua_mt | dual_branch | caml | corn"),
@@ -53,66 +36,22 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", help="Plain log lines instead of progress bars."),
 ) -> None:
     """Train a semi-supervised segmentation method; evaluates the final checkpoint on validation cases."""
-    from medssl.config import load_config
+    from medssl.cli._training import resolve_training_config, runtime_flags
     from medssl.engine.semi import SemiTrainConfig, train_semi
-    from medssl.runtime.session import prepare_mode
 
-    mode = prepare_mode(resume, overwrite)
-    base: dict[str, Any] = {"runtime": {}, "data": {}}
-    preset = _preset_path(config, method)
-    if resume and preset is None:
-        base = _saved_config(name, runs_root)
-    overrides = list(set_)
-    flags = {"method": method, "data.spec": data, "data.labeled": labeled, "runtime.runs_root": runs_root,
-             "max_iterations": iterations, "runtime.seed": seed, "init_encoder": init_encoder,
-             "runtime.devices": devices, "runtime.num_nodes": num_nodes, "runtime.strategy": strategy,
-             "runtime.precision": precision, "runtime.accelerator": accelerator,
-             "runtime.threads": threads}
-    for key, value in flags.items():
-        if value is not None:
-            overrides.append(f"{key}={value}")
-    if quiet:
-        overrides.append("runtime.quiet=true")
-    if name is not None:
-        overrides.append(f"runtime.name={name}")
-    elif not _has_name(base, preset, overrides):
-        overrides.append("runtime.name=__auto__")
-    cfg = load_config(SemiTrainConfig, preset, overrides, base=base)
-    if cfg.runtime.name == "__auto__":
-        cfg.runtime.name = f"{cfg.method}_{cfg.data.labeled}l_s{cfg.runtime.seed}"
+    flags = {"method": method, "data.labeled": labeled, "max_iterations": iterations,
+             **runtime_flags(seed=seed, devices=devices, num_nodes=num_nodes, strategy=strategy,
+                             precision=precision, accelerator=accelerator, threads=threads)}
+    cfg, mode = resolve_training_config(
+        SemiTrainConfig, group="semi", config=config, name=name, runs_root=runs_root, resume=resume,
+        overwrite=overwrite, overrides=set_, flags=flags, texts={"data.spec": data, "init_encoder": init_encoder},
+        quiet=quiet, auto_name=lambda c: f"{c.method}_{c.data.labeled}l_s{c.runtime.seed}")
     result = train_semi(cfg, mode, command=sys.argv)
     if result.global_rank != 0:
         return
     typer.echo(f"run: {result.run_dir}")
     if result.evaluation is not None:
         _print_summary(result.evaluation)
-
-
-def _has_name(base: dict[str, Any], preset: Path | None, overrides: list[str]) -> bool:
-    import yaml
-
-    if base.get("runtime", {}).get("name"):
-        return True
-    if preset is not None:
-        data = yaml.safe_load(preset.read_text(encoding="utf-8")) or {}
-        if isinstance(data, dict) and (data.get("runtime") or {}).get("name"):
-            return True
-    return any(o.startswith("runtime.name=") for o in overrides)
-
-
-def _saved_config(name: str | None, runs_root: Path | None) -> dict[str, Any]:
-    """The config saved in the run being resumed (so ``--resume --name X`` needs nothing else)."""
-    import yaml
-
-    from medssl.errors import MedsslInputError
-
-    if name is None:
-        raise MedsslInputError("--resume", "give --name of the run to resume (or --config with the preset)")
-    path = (runs_root or Path("runs")) / name / "config.yaml"
-    if not path.is_file():
-        raise MedsslInputError(path, "cannot resume: the run has no config.yaml")
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    return data if isinstance(data, dict) else {}
 
 
 def _print_summary(result: Any) -> None:
