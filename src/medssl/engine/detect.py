@@ -467,12 +467,11 @@ def read_encoder_init(path: str | Path, backbone: str, in_chans: int | None = No
         MedsslInputError: one line naming the file: unreadable, not a state dict, or keys / shapes that do
             not fit ``backbone`` (with a hint at the architecture the file seems to hold).
     """
-    from medssl.runtime.checkpoint import load_checkpoint
+    from medssl.models.classifier import read_encoder_state
+    from medssl.models.state_check import state_mismatches
 
     path = Path(path)
-    raw = load_checkpoint(path)
-    state = raw.get("encoder", raw) if isinstance(raw.get("encoder"), dict) else raw
-    state = {str(k): v for k, v in state.items() if isinstance(v, Tensor)}
+    state, _ = read_encoder_state(path)
     conv1 = state.get("conv1.weight")
     if conv1 is None or conv1.ndim != 4:
         raise MedsslInputError(path, f"not a ResNet encoder state dict (no 4D conv1.weight among {len(state)} tensors)")
@@ -482,18 +481,8 @@ def read_encoder_init(path: str | Path, backbone: str, in_chans: int | None = No
     if in_chans is not None and in_chans != file_chans:
         raise MedsslInputError(path, f"the encoder takes {file_chans} input channel(s) but model.in_chans is {in_chans}")
     expected = _resnet(backbone, file_chans, "bn").state_dict()
-    missing = [k for k in expected if k not in state and not k.startswith("fc.")]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-             if k in state and tuple(state[k].shape) != tuple(v.shape)]
-    if missing or unexpected or wrong:
-        parts = []
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s) ({', '.join(unexpected[:3])})")
-        if missing:
-            parts.append(f"{len(missing)} missing key(s) ({', '.join(missing[:3])})")
-        if wrong:
-            parts.append(f"{len(wrong)} shape mismatch(es) ({', '.join(wrong[:2])})")
+    parts = state_mismatches(expected, state, optional_prefix="fc.")
+    if parts:
         guess = _guess_resnet(set(state))
         hint = f"; the file looks like a {guess} encoder" if guess and guess != backbone else ""
         raise MedsslInputError(path, f"encoder weights do not fit a {backbone} body: {'; '.join(parts)}{hint}")

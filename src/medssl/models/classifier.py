@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from medssl.config import MedsslConfig
 from medssl.errors import MedsslInputError
+from medssl.models.state_check import state_mismatches
 
 __all__ = [
     "ClassifyModelConfig",
@@ -130,17 +131,7 @@ def check_encoder_fits(model: nn.Module, state: dict[str, Tensor], backbone: str
     expected = model.state_dict()
     ignored = sorted(k for k in state if k.startswith(head))
     body = {k: v for k, v in state.items() if not k.startswith(head)}
-    missing = [k for k in expected if k not in body and not k.startswith(head)]
-    unexpected = [k for k in body if k not in expected]
-    shapes = [f"{k} {tuple(v.shape)} vs {tuple(expected[k].shape)}" for k, v in body.items()
-              if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing key(s) ({', '.join(missing[:3])})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s) ({', '.join(unexpected[:3])})")
-    if shapes:
-        problems.append(f"{len(shapes)} shape mismatch(es) ({'; '.join(shapes[:2])})")
+    problems = state_mismatches(expected, body, optional_prefix=head)
     if problems:
         raise MedsslInputError(path, f"encoder weights do not fit timm {backbone!r}: " + ", ".join(problems))
     head_keys = sorted(k for k in expected if k.startswith(head))
