@@ -1,8 +1,11 @@
 """Run every medssl benchmark in sequence (``make bench``).
 
 CPU benchmarks, always: ``speed_semi.py`` (training-step and sliding-window speed ratios),
-``semi_atrium3d.py`` (six methods on the embedded data), ``semi_la.py`` (real left-atrium data at a
-reduced protocol; skipped with a note when the data is absent). With a CUDA device and without
+``speed_pretrain.py`` (masked pretraining speed ratios), ``localize_speed.py`` (localization backends and
+the ROI-cache speed-up), ``semi_atrium3d.py`` (six methods on the embedded data), ``semi_atrium3d_init.py``
+(CORN from scratch vs from 3D pretraining; after semi_atrium3d, whose CORN runs it reuses), ``semi_la.py``
+(real left-atrium data at a reduced protocol; skipped with a note when the data is absent),
+``mim_brain2d.py`` / ``mim_chest2d.py`` (2D transfer of random vs text-guided masked pretraining). With a CUDA device and without
 ``--quick`` also ``speed_semi.py --size la`` and ``gpu_check.sh`` (the published size).
 
 ``--quick`` passes ``--quick`` to each (smoke runs, outputs under ``benchmarks/results/raw/quick/``).
@@ -23,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as C  # noqa: E402
 
-CPU_BENCHMARKS = ("speed_semi", "semi_atrium3d", "semi_la")
+CPU_BENCHMARKS = ("speed_semi", "speed_pretrain", "localize_speed", "semi_atrium3d", "semi_atrium3d_init",
+                  "semi_la", "mim_brain2d", "mim_chest2d")
 
 
 def plan(args: argparse.Namespace, cuda: bool) -> list[tuple[str, list[str]]]:
@@ -35,7 +39,7 @@ def plan(args: argparse.Namespace, cuda: bool) -> list[tuple[str, list[str]]]:
     for name in CPU_BENCHMARKS:
         if name in args.skip:
             continue
-        extra = jobs if name.startswith("semi_") else []
+        extra = jobs if name.startswith(("semi_", "mim_")) else []
         steps.append((name, [sys.executable, str(C.BENCH / f"{name}.py"), *common, *threads, *extra]))
     if cuda and not args.quick and "gpu" not in args.skip:
         steps.append(("speed_semi --size la", [sys.executable, str(C.BENCH / "speed_semi.py"), "--size", "la"]))
