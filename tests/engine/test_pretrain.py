@@ -258,3 +258,28 @@ def test_bad_input_is_one_line_and_writes_nothing(data: dict[str, Path], tmp_pat
     err = capsys.readouterr().err.strip().splitlines()
     assert stop.value.code == 2 and len(err) == 1 and expected in err[0], err
     assert not (tmp_path / "bad").exists()
+
+
+def test_ddp_two_processes_pretrain_guided(data: dict[str, Path], tmp_path: Path) -> None:
+    """Guided 2D pretraining through Fabric DDP on 2 CPU processes (gloo): the global batch of 2 is split
+    one image per rank, one metrics file and one final checkpoint are written, and the logged overall mask
+    ratio (averaged over the ranks) is the exact fixed-count value of the two images of each step."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "medssl.cli", "pretrain", "run", "--data", str(data["chest"]),
+           "--roi-cache", str(data["chest_roi"]), "--masking", "guided", "--ratios", "0.5,0.5",
+           "--runs-root", str(tmp_path), "--name", "ddp", *TINY_2D, "--epochs", "1",
+           "--devices", "2", "--strategy", "ddp"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("run: ") == 1  # rank 0 reports
+    rows = [r for r in read_metrics(tmp_path / "ddp" / "metrics.csv") if r["phase"] == "train"]
+    assert [r["iteration"] for r in rows] == [1, 2]  # 4 images / global batch 2
+    names = _batch_names(tmp_path / "ddp", 2)  # the global batch of each step; rank r takes image r
+    for row in rows:  # the ranks' per-image overall ratios, averaged over the ranks by the loop
+        expected = _expected_fractions(names[row["iteration"] - 1], 0.5, 0.5)["mask_ratio"]
+        assert row["mask_ratio"] == pytest.approx(expected, abs=1e-12)
+    manifest = json.loads((tmp_path / "ddp" / "manifest.json").read_text())
+    assert "2" in json.dumps(manifest["device"])
+    assert (tmp_path / "ddp" / "checkpoints" / "final.pt").is_file()
