@@ -16,7 +16,7 @@ import shlex
 import statistics
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -442,10 +442,21 @@ def _num(value: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def run_jobs(jobs: list[PointJob], script: str, base_args: list[str], n_parallel: int, redo: bool,
-             log_dir: Path) -> list[str]:
+def run_jobs(jobs: Sequence[Any], script: str, base_args: list[str], n_parallel: int, redo: bool,
+             log_dir: Path, run_one: Callable[..., Any] | None = None,
+             summary: Callable[[Any], str] | None = None) -> list[str]:
     """Run every pending job: in this process (``n_parallel`` 1) or as up to ``n_parallel`` subprocesses
-    of ``script --only KEY`` (one torch thread each, logs in ``log_dir``). Returns the failed keys."""
+    of ``script --only KEY`` (one torch thread each, logs in ``log_dir``). Returns the failed keys.
+
+    A job has ``point.key``, ``status()`` ("todo" | "done" | "mismatch") and ``result_path()``;
+    ``run_one(job, redo=...)`` runs one in this process (default :func:`run_point`) and ``summary(job)``
+    describes a finished one (default: Dice and empty predictions).
+
+    Raises:
+        ProtocolMismatch: an existing result was made with another protocol (and not ``redo``).
+    """
+    run_one = run_one or run_point
+    summary = summary or _summary_line
     states = {j.point.key: ("todo" if redo else j.status()) for j in jobs}
     clash = [k for k, v in states.items() if v == "mismatch"]
     if clash:
@@ -458,7 +469,7 @@ def run_jobs(jobs: list[PointJob], script: str, base_args: list[str], n_parallel
     if n_parallel <= 1:
         for j in pending:
             try:
-                run_point(j, redo=redo)
+                run_one(j, redo=redo)
             except Exception:  # one failed run must not stop the grid; the traceback says why
                 import traceback
 
@@ -470,7 +481,7 @@ def run_jobs(jobs: list[PointJob], script: str, base_args: list[str], n_parallel
 
     log_dir.mkdir(parents=True, exist_ok=True)
     queue = list(pending)
-    running: list[tuple[PointJob, subprocess.Popen, Any]] = []
+    running: list[tuple[Any, subprocess.Popen, Any]] = []
     while queue or running:
         while queue and len(running) < n_parallel:
             j = queue.pop(0)
@@ -487,16 +498,12 @@ def run_jobs(jobs: list[PointJob], script: str, base_args: list[str], n_parallel
                 continue
             log.close()
             running.remove(item)
-            if proc.returncode != 0 or not _done(j):
+            if proc.returncode != 0 or not j.result_path().is_file():
                 failed.append(j.point.key)
                 say(f"FAILED {j.point.key} (exit {proc.returncode}); see {rel(log_dir / (j.point.key + '.log'))}")
             else:
-                say(f"finished {j.point.key}: {_summary_line(j)}")
+                say(f"finished {j.point.key}: {summary(j)}")
     return failed
-
-
-def _done(job: PointJob) -> bool:
-    return job.result_path().is_file()
 
 
 def _summary_line(job: PointJob) -> str:

@@ -695,63 +695,15 @@ def describe(proto: Protocol) -> str:
 
 
 # ----------------------------------------------------------------------------------- running the grid
+def _finished_line(job: MimJob) -> str:
+    r = json.loads(job.result_path().read_text(encoding="utf-8"))
+    return f"{summary_line(r)} ({r['session_seconds']:.0f} s)"
+
+
 def run_jobs(jobs: list[MimJob], script: str, base_args: list[str], n_parallel: int, redo: bool,
              log_dir: Path) -> list[str]:
-    """Run every pending point: in this process (``n_parallel`` 1) or as up to ``n_parallel``
-    subprocesses of ``script --only KEY`` (logs in ``log_dir``). Returns the failed keys.
-
-    Raises:
-        ProtocolMismatch: an existing result was made with another protocol (and not ``redo``).
-    """
-    states = {j.point.key: ("todo" if redo else j.status()) for j in jobs}
-    clash = [k for k, v in states.items() if v == "mismatch"]
-    if clash:
-        raise ProtocolMismatch(f"{len(clash)} existing result(s) were made with another protocol "
-                               f"({', '.join(clash[:4])}{' ...' if len(clash) > 4 else ''}); pass --redo to "
-                               "replace them or --results DIR to keep both")
-    pending = [j for j in jobs if states[j.point.key] == "todo"]
-    C.say(f"{len(jobs) - len(pending)} of {len(jobs)} points already have results; {len(pending)} to run")
-    failed: list[str] = []
-    if n_parallel <= 1:
-        for j in pending:
-            try:
-                run_point(j, redo=redo)
-            except Exception:  # one failed point must not stop the grid; the traceback says why
-                import traceback
-
-                traceback.print_exc()
-                failed.append(j.point.key)
-                C.say(f"FAILED {j.point.key}")
-        return failed
-    import subprocess
-
-    log_dir.mkdir(parents=True, exist_ok=True)
-    queue = list(pending)
-    running: list[tuple[MimJob, subprocess.Popen, Any]] = []
-    while queue or running:
-        while queue and len(running) < n_parallel:
-            j = queue.pop(0)
-            cmd = [sys.executable, str(C.BENCH / script), *base_args, "--only", j.point.key, "--jobs", "1"]
-            if redo:
-                cmd.append("--redo")
-            log_path = log_dir / f"{j.point.key}.log"
-            log = open(log_path, "w", encoding="utf-8")  # noqa: SIM115 - closed when the process ends
-            running.append((j, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=C.REPO), log))
-            C.say(f"started {j.point.key} (log {C.rel(log_path)})")
-        time.sleep(2.0)
-        for item in list(running):
-            j, proc, log = item
-            if proc.poll() is None:
-                continue
-            log.close()
-            running.remove(item)
-            if proc.returncode != 0 or not j.result_path().is_file():
-                failed.append(j.point.key)
-                C.say(f"FAILED {j.point.key} (exit {proc.returncode}); see {C.rel(log_dir / (j.point.key + '.log'))}")
-            else:
-                r = json.loads(j.result_path().read_text(encoding="utf-8"))
-                C.say(f"finished {j.point.key}: {summary_line(r)} ({r['session_seconds']:.0f} s)")
-    return failed
+    """Run every pending point (see ``_common.run_jobs``). Returns the failed keys."""
+    return C.run_jobs(jobs, script, base_args, n_parallel, redo, log_dir, run_one=run_point, summary=_finished_line)
 
 
 # -------------------------------------------------------------------------------------- tables

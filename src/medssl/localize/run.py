@@ -43,7 +43,7 @@ from medssl.config import MedsslConfig
 from medssl.data.io import FORMAT_SUFFIXES, read_image
 from medssl.errors import MedsslInputError
 from medssl.localize.cache import RoiCache
-from medssl.localize.structures import image_stem
+from medssl.localize.structures import find_by_stem, image_stem
 from medssl.runtime.atomic import write_json_atomic
 from medssl.runtime.progress import progress_bar
 
@@ -201,16 +201,6 @@ class LocalizeRunSummary:
 def _is_image_file(path: Path) -> bool:
     name = path.name.lower()
     return any(name.endswith(s) for suffixes in FORMAT_SUFFIXES.values() for s in suffixes)
-
-
-def find_by_stem(folder: Path, stem: str) -> Path | None:
-    """The file ``<folder>/<stem>.<image ending>`` (first in :data:`FORMAT_SUFFIXES` order), or None."""
-    for suffixes in FORMAT_SUFFIXES.values():
-        for suffix in suffixes:
-            candidate = folder / f"{stem}{suffix}"
-            if candidate.is_file():
-                return candidate
-    return None
 
 
 def _folder_images(folder: Path) -> list[Path]:

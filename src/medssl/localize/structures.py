@@ -186,7 +186,8 @@ def select_structures(prompt: str, scores: Sequence[StructureScore], threshold: 
     return chosen if top_k is None else chosen[:top_k]
 
 
-def _find_map(folder: Path, stem: str) -> Path | None:
+def find_by_stem(folder: Path, stem: str) -> Path | None:
+    """The file ``<folder>/<stem>.<image ending>`` (first in ``FORMAT_SUFFIXES`` order), or None."""
     for suffixes in FORMAT_SUFFIXES.values():
         for suffix in suffixes:
             candidate = folder / f"{stem}{suffix}"
@@ -262,7 +263,7 @@ def resolve_structures(image: ImageData, context: Mapping[str, Any] | None) -> t
         if root is None:
             raise MedsslInputError("structures", "in-memory image: pass context={'structures': ..., "
                                                  "'structure_names': ...}")
-        found = _find_map(root / "structures", image_stem(image.source))
+        found = find_by_stem(root / "structures", image_stem(image.source))
         if found is None:
             raise MedsslInputError(image.source, f"no structure map {root / 'structures' / image_stem(image.source)}"
                                                  ".* for this image")
