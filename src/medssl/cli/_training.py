@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
+import typer
 from pydantic import BaseModel
 
 from medssl.errors import MedsslInputError
@@ -21,6 +22,21 @@ CONFIGS_DIR = Path(__file__).resolve().parents[3] / "configs"
 _AUTO_NAME = "__auto__"
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
+
+
+# -- the options every training command has (typer annotations, shared help texts) ----------------
+RunsRootOption = Annotated[Path | None, typer.Option("--runs-root", help="Folder of run directories (default runs/).")]
+SeedOption = Annotated[int | None, typer.Option("--seed", help="Random seed.")]
+DevicesOption = Annotated[str | None, typer.Option("--devices", help="Devices per node (e.g. 2, auto).")]
+NumNodesOption = Annotated[int | None, typer.Option("--num-nodes", help="Number of machines.")]
+StrategyOption = Annotated[str | None, typer.Option("--strategy", help="auto | ddp")]
+PrecisionOption = Annotated[str | None, typer.Option("--precision", help="32-true | bf16-mixed | 16-mixed")]
+AcceleratorOption = Annotated[str | None, typer.Option("--accelerator", help="auto | cpu | cuda")]
+ThreadsOption = Annotated[int | None, typer.Option("--threads", help="CPU threads of torch per process.")]
+SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override any config key: dotted.key=value (repeatable).")]
+ResumeOption = Annotated[bool, typer.Option("--resume", help="Continue the run from its latest checkpoint.")]
+OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Delete an existing run of that name first.")]
+QuietOption = Annotated[bool, typer.Option("--quiet", help="Plain log lines instead of progress bars.")]
 
 
 def preset_path(config: Path | None, group: str) -> Path | None:

@@ -10,6 +10,21 @@ from pathlib import Path
 
 import typer
 
+from medssl.cli._training import (
+    AcceleratorOption,
+    DevicesOption,
+    NumNodesOption,
+    OverwriteOption,
+    PrecisionOption,
+    QuietOption,
+    ResumeOption,
+    RunsRootOption,
+    SeedOption,
+    SetOption,
+    StrategyOption,
+    ThreadsOption,
+)
+
 app = typer.Typer(help="Fine-tune pretrained encoders: classification and Mask R-CNN detection.", no_args_is_help=True)
 
 @app.command("classify")
@@ -20,18 +35,18 @@ def classify(
     config: Path | None = typer.Option(None, "--config", help="YAML preset (a file or a name in configs/finetune/)."),
     epochs: int | None = typer.Option(None, "--epochs", help="Override the number of epochs."),
     name: str | None = typer.Option(None, "--name", help="Run name (default classify_<backbone>_<init|scratch>_s<seed>)."),
-    runs_root: Path | None = typer.Option(None, "--runs-root", help="Folder of run directories (default runs/)."),
-    seed: int | None = typer.Option(None, "--seed"),
-    devices: str | None = typer.Option(None, "--devices", help="Devices per node (e.g. 2, auto)."),
-    num_nodes: int | None = typer.Option(None, "--num-nodes"),
-    strategy: str | None = typer.Option(None, "--strategy", help="auto | ddp"),
-    precision: str | None = typer.Option(None, "--precision", help="32-true | bf16-mixed | 16-mixed"),
-    accelerator: str | None = typer.Option(None, "--accelerator", help="auto | cpu | cuda"),
-    threads: int | None = typer.Option(None, "--threads", help="CPU threads of torch per process."),
-    set_: list[str] = typer.Option([], "--set", help="Override any config key: dotted.key=value (repeatable)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run from its latest checkpoint."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing run of that name first."),
-    quiet: bool = typer.Option(False, "--quiet", help="Plain log lines instead of progress bars."),
+    runs_root: RunsRootOption = None,
+    seed: SeedOption = None,
+    devices: DevicesOption = None,
+    num_nodes: NumNodesOption = None,
+    strategy: StrategyOption = None,
+    precision: PrecisionOption = None,
+    accelerator: AcceleratorOption = None,
+    threads: ThreadsOption = None,
+    set_: SetOption = None,
+    resume: ResumeOption = False,
+    overwrite: OverwriteOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Fine-tune a timm classifier; reports the best epoch (selected on validation) and the final epoch."""
     from medssl.cli._training import resolve_training_config, runtime_flags
@@ -42,7 +57,7 @@ def classify(
                              precision=precision, accelerator=accelerator, threads=threads)}
     cfg, mode = resolve_training_config(
         ClassifyConfig, group="finetune", config=config, name=name, runs_root=runs_root, resume=resume,
-        overwrite=overwrite, overrides=set_, flags=flags, texts={"data.spec": data, "init": init}, quiet=quiet,
+        overwrite=overwrite, overrides=set_ or (), flags=flags, texts={"data.spec": data, "init": init}, quiet=quiet,
         auto_name=lambda c: (f"classify_{c.model.backbone}_{'init' if c.init is not None else 'scratch'}"
                              f"_s{c.runtime.seed}"))
     result = train_classifier(cfg, mode, command=sys.argv)

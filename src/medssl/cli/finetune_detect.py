@@ -11,6 +11,19 @@ from pathlib import Path
 
 import typer
 
+from medssl.cli._training import (
+    AcceleratorOption,
+    DevicesOption,
+    OverwriteOption,
+    PrecisionOption,
+    QuietOption,
+    ResumeOption,
+    RunsRootOption,
+    SeedOption,
+    SetOption,
+    ThreadsOption,
+)
+
 
 def _data_overrides(data: Path) -> list[str]:
     """``--data``: a dataset folder (images + annotations.json) or a COCO JSON (images beside it)."""
@@ -32,16 +45,16 @@ def detect(
     epochs: float | None = typer.Option(None, "--epochs", help="Training length in epochs."),
     iterations: int | None = typer.Option(None, "--iterations", help="Training length in iterations (overrides epochs)."),
     name: str | None = typer.Option(None, "--name", help="Run name (default detect_<backbone>_<init|scratch>_s<seed>)."),
-    runs_root: Path | None = typer.Option(None, "--runs-root", help="Folder of run directories (default runs/)."),
-    seed: int | None = typer.Option(None, "--seed"),
-    devices: str | None = typer.Option(None, "--devices", help="Devices per node (e.g. 2, auto)."),
-    accelerator: str | None = typer.Option(None, "--accelerator", help="auto | cpu | cuda"),
-    precision: str | None = typer.Option(None, "--precision", help="32-true | bf16-mixed | 16-mixed"),
-    threads: int | None = typer.Option(None, "--threads", help="CPU threads of torch per process."),
-    set_: list[str] = typer.Option([], "--set", help="Override any config key: dotted.key=value (repeatable)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run from its latest checkpoint."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing run of that name first."),
-    quiet: bool = typer.Option(False, "--quiet", help="Plain log lines instead of progress bars."),
+    runs_root: RunsRootOption = None,
+    seed: SeedOption = None,
+    devices: DevicesOption = None,
+    accelerator: AcceleratorOption = None,
+    precision: PrecisionOption = None,
+    threads: ThreadsOption = None,
+    set_: SetOption = None,
+    resume: ResumeOption = False,
+    overwrite: OverwriteOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Fine-tune Mask R-CNN (ResNet-FPN) from a pretrained encoder; reports COCO BoxAP and MaskAP."""
     from medssl.cli._training import resolve_training_config, runtime_flags
@@ -52,7 +65,7 @@ def detect(
                              threads=threads)}
     cfg, mode = resolve_training_config(
         DetectConfig, group="finetune", config=config, name=name, runs_root=runs_root, resume=resume,
-        overwrite=overwrite, overrides=(_data_overrides(data) if data is not None else []) + list(set_),
+        overwrite=overwrite, overrides=(_data_overrides(data) if data is not None else []) + list(set_ or ()),
         flags=flags, texts={"init": init}, quiet=quiet,
         auto_name=lambda c: f"detect_{c.model.backbone}_{Path(c.init).stem if c.init is not None else 'scratch'}"
                             f"_s{c.runtime.seed}")

@@ -15,6 +15,21 @@ from pathlib import Path
 
 import typer
 
+from medssl.cli._training import (
+    AcceleratorOption,
+    DevicesOption,
+    NumNodesOption,
+    OverwriteOption,
+    PrecisionOption,
+    QuietOption,
+    ResumeOption,
+    RunsRootOption,
+    SeedOption,
+    SetOption,
+    StrategyOption,
+    ThreadsOption,
+)
+
 app = typer.Typer(help="Masked image pretraining (SparK / Mask What Matters): run, export.", no_args_is_help=True)
 
 def _ratios(text: str) -> str:
@@ -46,19 +61,19 @@ def run(
     batch_size: int | None = typer.Option(None, "--batch-size", help="Images per step (all processes)."),
     config: Path | None = typer.Option(None, "--config", help="YAML preset (a file or a name in configs/pretrain/)."),
     name: str | None = typer.Option(None, "--name", help="Run name (default <masking>_<backbone>_s<seed>)."),
-    runs_root: Path | None = typer.Option(None, "--runs-root", help="Folder of run directories (default runs/)."),
+    runs_root: RunsRootOption = None,
     epochs: int | None = typer.Option(None, "--epochs"),
-    seed: int | None = typer.Option(None, "--seed"),
-    devices: str | None = typer.Option(None, "--devices", help="Devices per node (e.g. 2, auto)."),
-    num_nodes: int | None = typer.Option(None, "--num-nodes"),
-    strategy: str | None = typer.Option(None, "--strategy", help="auto | ddp"),
-    precision: str | None = typer.Option(None, "--precision", help="32-true | bf16-mixed | 16-mixed"),
-    accelerator: str | None = typer.Option(None, "--accelerator", help="auto | cpu | cuda"),
-    threads: int | None = typer.Option(None, "--threads", help="CPU threads of torch per process."),
-    set_: list[str] = typer.Option([], "--set", help="Override any config key: dotted.key=value (repeatable)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run from its latest checkpoint."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing run of that name first."),
-    quiet: bool = typer.Option(False, "--quiet", help="Plain log lines instead of progress bars."),
+    seed: SeedOption = None,
+    devices: DevicesOption = None,
+    num_nodes: NumNodesOption = None,
+    strategy: StrategyOption = None,
+    precision: PrecisionOption = None,
+    accelerator: AcceleratorOption = None,
+    threads: ThreadsOption = None,
+    set_: SetOption = None,
+    resume: ResumeOption = False,
+    overwrite: OverwriteOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Pretrain an encoder with SparK and random or text-guided (ROI) masks."""
     from medssl.cli._training import resolve_training_config, runtime_flags
@@ -74,7 +89,7 @@ def run(
              "data.roi_backend": roi_backend}
     cfg, mode = resolve_training_config(
         PretrainConfig, group="pretrain", config=config, name=name, runs_root=runs_root, resume=resume,
-        overwrite=overwrite, overrides=set_, flags=flags, texts=texts, quiet=quiet,
+        overwrite=overwrite, overrides=set_ or (), flags=flags, texts=texts, quiet=quiet,
         auto_name=lambda c: f"{c.masking.kind}_{c.model.backbone}_s{c.runtime.seed}")
     result = train_pretrain(cfg, mode, command=sys.argv)
     if result.global_rank != 0:

@@ -11,6 +11,21 @@ from typing import Any
 
 import typer
 
+from medssl.cli._training import (
+    AcceleratorOption,
+    DevicesOption,
+    NumNodesOption,
+    OverwriteOption,
+    PrecisionOption,
+    QuietOption,
+    ResumeOption,
+    RunsRootOption,
+    SeedOption,
+    SetOption,
+    StrategyOption,
+    ThreadsOption,
+)
+
 app = typer.Typer(help="Semi-supervised 3D segmentation: train, evaluate, predict.", no_args_is_help=True)
 
 @app.command("train")
@@ -20,20 +35,20 @@ def train(
     labeled: int | None = typer.Option(None, "--labeled", help="Number of labeled training volumes."),
     config: Path | None = typer.Option(None, "--config", help="YAML preset (a file or a name in configs/semi/)."),
     name: str | None = typer.Option(None, "--name", help="Run name (default <method>_<labeled>l_s<seed>)."),
-    runs_root: Path | None = typer.Option(None, "--runs-root", help="Folder of run directories (default runs/)."),
+    runs_root: RunsRootOption = None,
     iterations: int | None = typer.Option(None, "--iterations", help="Override max_iterations."),
-    seed: int | None = typer.Option(None, "--seed"),
+    seed: SeedOption = None,
     init_encoder: Path | None = typer.Option(None, "--init-encoder", help="Pretrained 3D encoder weights."),
-    devices: str | None = typer.Option(None, "--devices", help="Devices per node (e.g. 2, auto)."),
-    num_nodes: int | None = typer.Option(None, "--num-nodes"),
-    strategy: str | None = typer.Option(None, "--strategy", help="auto | ddp"),
-    precision: str | None = typer.Option(None, "--precision", help="32-true | bf16-mixed | 16-mixed"),
-    accelerator: str | None = typer.Option(None, "--accelerator", help="auto | cpu | cuda"),
-    threads: int | None = typer.Option(None, "--threads", help="CPU threads of torch per process."),
-    set_: list[str] = typer.Option([], "--set", help="Override any config key: dotted.key=value (repeatable)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run from its latest checkpoint."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing run of that name first."),
-    quiet: bool = typer.Option(False, "--quiet", help="Plain log lines instead of progress bars."),
+    devices: DevicesOption = None,
+    num_nodes: NumNodesOption = None,
+    strategy: StrategyOption = None,
+    precision: PrecisionOption = None,
+    accelerator: AcceleratorOption = None,
+    threads: ThreadsOption = None,
+    set_: SetOption = None,
+    resume: ResumeOption = False,
+    overwrite: OverwriteOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Train a semi-supervised segmentation method; evaluates the final checkpoint on validation cases."""
     from medssl.cli._training import resolve_training_config, runtime_flags
@@ -44,7 +59,7 @@ def train(
                              precision=precision, accelerator=accelerator, threads=threads)}
     cfg, mode = resolve_training_config(
         SemiTrainConfig, group="semi", config=config, name=name, runs_root=runs_root, resume=resume,
-        overwrite=overwrite, overrides=set_, flags=flags, texts={"data.spec": data, "init_encoder": init_encoder},
+        overwrite=overwrite, overrides=set_ or (), flags=flags, texts={"data.spec": data, "init_encoder": init_encoder},
         quiet=quiet, auto_name=lambda c: f"{c.method}_{c.data.labeled}l_s{c.runtime.seed}")
     result = train_semi(cfg, mode, command=sys.argv)
     if result.global_rank != 0:
