@@ -38,7 +38,7 @@ import shutil
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -538,19 +538,27 @@ def _stage_seconds(run_dir: Path, t0: float, ran: str | None) -> dict[str, Any]:
     return {"seconds": old.get("seconds"), "how": "reused"}
 
 
-def run_classification(job: MimJob, redo: bool) -> dict[str, Any]:
-    """Fine-tune (or reuse / resume) the classifier; returns final test, final val and best val metrics."""
-    from medssl.engine.classify import train_classifier
-
-    cfg = job.configs()["classify"]
+def _fine_tune_stage(job: MimJob, cfg: Any, label: str, train: Callable[..., Any],
+                     redo: bool) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """Run a fine-tuning stage unless its ``results.json`` exists (resuming an interrupted one); returns
+    the run folder, its results and the stage's timing record (:func:`_stage_seconds`)."""
     run_dir = Path(cfg.runtime.runs_root) / cfg.runtime.name
     t0 = time.perf_counter()
     ran: str | None = None
     if redo or not (run_dir / "results.json").is_file():
         ran = _mode(run_dir, redo)
-        C.say(f"{job.point.key}: classification ({cfg.epochs} epochs, {ran})")
-        train_classifier(cfg, ran, command=job.command.split())  # type: ignore[arg-type]
+        C.say(f"{job.point.key}: {label} ({cfg.epochs:g} epochs, {ran})")
+        train(cfg, ran, command=job.command.split())
     res = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
+    return run_dir, res, _stage_seconds(run_dir, t0, ran)
+
+
+def run_classification(job: MimJob, redo: bool) -> dict[str, Any]:
+    """Fine-tune (or reuse / resume) the classifier; returns final test, final val and best val metrics."""
+    from medssl.engine.classify import train_classifier
+
+    cfg = job.configs()["classify"]
+    run_dir, res, timing = _fine_tune_stage(job, cfg, "classification", train_classifier, redo)
     best = res.get("best") or {}
     splits = res["splits"]
     return {
@@ -560,7 +568,7 @@ def run_classification(job: MimJob, redo: bool) -> dict[str, Any]:
         "test_images": splits["test"]["n"] if splits.get("test") else 0, "epochs": res["epochs"],
         "iterations_per_epoch": res["iterations_per_epoch"], "batch_size": res["global_batch_size"],
         "peak_lr": res["peak_lr"], "init": res["init"]["path"] if res.get("init") else None,
-        "run_dir": C.rel(run_dir), **_stage_seconds(run_dir, t0, ran),
+        "run_dir": C.rel(run_dir), **timing,
     }
 
 
@@ -571,20 +579,13 @@ def run_detection(job: MimJob, redo: bool) -> dict[str, Any] | None:
     cfg = job.configs()["detect"]
     if cfg is None:
         return None
-    run_dir = Path(cfg.runtime.runs_root) / cfg.runtime.name
-    t0 = time.perf_counter()
-    ran: str | None = None
-    if redo or not (run_dir / "results.json").is_file():
-        ran = _mode(run_dir, redo)
-        C.say(f"{job.point.key}: detection ({cfg.epochs:g} epochs, {ran})")
-        train_detector(cfg, ran, command=job.command.split())  # type: ignore[arg-type]
-    res = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
+    run_dir, res, timing = _fine_tune_stage(job, cfg, "detection", train_detector, redo)
     return {
         "test": (res.get("final") or {}).get("metrics"), "train_images": res["train_images"],
         "test_images": res["val_images"], "test_source": C.rel(Path(res["val_source"])) if res.get("val_source") else None,
         "iterations": res["iterations"], "steps_per_epoch": res["steps_per_epoch"], "epochs": res["epochs"],
         "batch_size": res["total_batch"], "lr": res["lr"], "categories": res["categories"],
-        "image_size": cfg.model.min_size, "run_dir": C.rel(run_dir), **_stage_seconds(run_dir, t0, ran),
+        "image_size": cfg.model.min_size, "run_dir": C.rel(run_dir), **timing,
     }
 
 
