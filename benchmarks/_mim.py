@@ -31,7 +31,6 @@ classification 91 s, detection 157 s) under a load of about 4 on its two cores.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -362,14 +361,10 @@ def _config_data(cfg: Any) -> dict[str, Any] | None:
     data.pop("runtime", None)
     if data.get("init") is not None:
         data["init"] = "pretrained encoder"
-    return _portable(data)
+    return _portable(C.without_later_defaults(data))
 
 
 # ------------------------------------------------------------------------------------------ jobs
-def _hash(data: Any) -> str:
-    return hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:10]
-
-
 def _in_folder(cfg: Any, runs_root: Path, name: str) -> Any:
     """``cfg`` with its run directory ``runs_root / name``."""
     return cfg.model_copy(update={"runtime": cfg.runtime.model_copy(update={"runs_root": runs_root, "name": name})})
@@ -414,12 +409,12 @@ class MimJob:
         threads = self.threads or C.DEFAULT_THREADS
         seed, proto, arm, where = self.point.seed, self.proto, self.arm, Path("runs")
         pre = pretrain_config(proto, arm, seed, where, threads) if arm.pretrained else None
-        pid = _hash({"pretrain": _config_data(pre)}) if pre is not None else None
+        pid = C.short_hash({"pretrain": _config_data(pre)}) if pre is not None else None
         encoder = self.point_dir() / f"encoder_{pid}.pt" if pid is not None else None
         cls = classify_config(proto, seed, encoder, where, threads)
         det = detect_config(proto, seed, encoder, where, threads) if has_boxes(proto.data_dir) else None
-        cid = _hash({"classify": _config_data(cls), "encoder": pid})
-        did = _hash({"detect": _config_data(det), "encoder": pid}) if det is not None else None
+        cid = C.short_hash({"classify": _config_data(cls), "encoder": pid})
+        did = C.short_hash({"detect": _config_data(det), "encoder": pid}) if det is not None else None
         self._ids = {"pretrain": pid, "classify": cid, "detect": did}
         root = self.point_dir()
         self._configs = {"pretrain": _in_folder(pre, root, f"pretrain_{pid}") if pre is not None else None,
@@ -442,7 +437,7 @@ class MimJob:
     def config_id(self) -> str:
         """Short hash of the protocol and the three stages' ids: equal ids, equal experiment (the seed
         is not part of it: it is in the point's key)."""
-        return _hash({"protocol": self.proto.settings(), "arm": self.point.arm, "stages": self.stage_ids()})
+        return C.short_hash({"protocol": self.proto.settings(), "arm": self.point.arm, "stages": self.stage_ids()})
 
     def status(self) -> str:
         """``todo`` (no result), ``done`` (a result with this protocol) or ``mismatch`` (another one)."""
