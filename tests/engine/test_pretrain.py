@@ -137,7 +137,8 @@ def test_cli_guided_2d_logs_exact_mask_ratios_and_schedules(data: dict[str, Path
     assert figures == ["preview_epoch_0001.png", "preview_epoch_0002.png", "preview_final.png"]
 
 
-def test_stochastic_counts_each_step_floor_or_ceil(data: dict[str, Path], tmp_path: Path) -> None:
+def test_stochastic_counts_each_step_floor_or_ceil(data: dict[str, Path], tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
     """``--counts stochastic``: every sample keeps floor or ceil of the exact count (each logged batch mean is
     one of those combinations) and the manifest's fixed-count expectation is the spec's exact ratio."""
     import itertools
@@ -146,6 +147,7 @@ def test_stochastic_counts_each_step_floor_or_ceil(data: dict[str, Path], tmp_pa
           "--masking", "guided", "--ratios", "0.7,0.3", "--counts", "stochastic", "--runs-root", str(tmp_path),
           "--name", "st", *TINY_2D])
     run = tmp_path / "st"
+    assert "(stochastic counts " in capsys.readouterr().out
     train = [r for r in read_metrics(run / "metrics.csv") if r["phase"] == "train"]
     names = _batch_names(run, len(train))
 

@@ -102,7 +102,9 @@ def run(
     typer.echo(f"run: {result.run_dir}")
     typer.echo(f"{s['iterations']} iterations ({s['epochs']} epochs x {s['iterations_per_epoch']}), "
                f"{s['images']} images, peak lr {s['peak_lr']:.3g}; final loss {last.get('loss', float('nan')):.4f}")
-    typer.echo(f"mask ratio: expected {expected['overall']:.3f} (fixed-count {expected['overall_fixed_count']:.3f}), "
+    counts = "stochastic counts" if cfg.masking.kind == "guided" and cfg.masking.counts == "stochastic" \
+        else "fixed-count"
+    typer.echo(f"mask ratio: expected {expected['overall']:.3f} ({counts} {expected['overall_fixed_count']:.3f}), "
                f"last step {last.get('mask_ratio', float('nan')):.3f}")
     if s["data"]["missing_roi"]:
         typer.echo(f"{s['data']['missing_roi']} image(s) without ROI entry were masked uniformly")
