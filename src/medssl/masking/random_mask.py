@@ -54,14 +54,13 @@ def stochastic_keep_counts(n: Sequence[int], ratio: float, generator: torch.Gene
         (B,) long tensor of counts, each ``floor`` or ``floor + 1`` (never more than ``n``).
     """
     keep_fraction = 1 - check_ratio(ratio)
-    if device is None:
-        device = generator.device if generator is not None else "cpu"
-    exact = [int(size) * keep_fraction for size in n]
-    base = torch.tensor([math.floor(k) for k in exact], dtype=torch.long)
-    remainder = torch.tensor([float(k - math.floor(k)) for k in exact], dtype=torch.float64)
-    draws = torch.rand(len(exact), generator=generator, device=generator.device if generator is not None
-                       else "cpu", dtype=torch.float64).cpu()
-    return (base + (draws < remainder).long()).to(device)
+    draw_device = generator.device if generator is not None else torch.device("cpu")
+    base = [keep_count(int(size), ratio, "floor") for size in n]
+    remainder = torch.tensor([float(int(size) * keep_fraction - k) for size, k in zip(n, base, strict=True)],
+                             dtype=torch.float64)
+    draws = torch.rand(len(base), generator=generator, device=draw_device, dtype=torch.float64).cpu()
+    counts = torch.tensor(base, dtype=torch.long) + (draws < remainder).long()
+    return counts.to(device if device is not None else draw_device)
 
 
 def select_uniform(members: Tensor, keep: Tensor, generator: torch.Generator | None = None) -> Tensor:
