@@ -294,11 +294,33 @@ def run_grid(args: Any, name: str, build_jobs: Any, write_table: Any, argv: Sequ
     return 1 if failed else 0
 
 
-def config_id(cfg: Any) -> str:
-    """Short hash of a resolved config without its ``runtime`` part: the protocol of one run."""
+#: Config options added after results were committed, with the value that reproduces the behaviour from
+#: before they existed: at that value they are left out of protocol hashes, so older results keep their
+#: identity (a run with another value is another protocol).
+LATER_OPTIONS: dict[tuple[str, ...], Any] = {("masking", "counts"): "floor"}
+
+
+def without_later_defaults(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` (a config as a dict) without the :data:`LATER_OPTIONS` that hold their original value."""
+    for path, original in LATER_OPTIONS.items():
+        section: Any = data
+        for key in path[:-1]:
+            section = section.get(key) if isinstance(section, dict) else None
+        if isinstance(section, dict) and path[-1] in section and section[path[-1]] == original:
+            del section[path[-1]]
+    return data
+
+
+def short_hash(data: Any) -> str:
+    """10 hex digits of the SHA-1 of ``data`` as sorted JSON."""
     import hashlib
     import json as _json
 
+    return hashlib.sha1(_json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def config_id(cfg: Any) -> str:
+    """Short hash of a resolved config without its ``runtime`` part: the protocol of one run."""
     from medssl.config import config_to_dict
 
     data = config_to_dict(cfg)
@@ -307,7 +329,7 @@ def config_id(cfg: Any) -> str:
     for key in ("spec", "split_file"):  # the same on every clone: paths relative to the repo / shared data
         if section.get(key) is not None:
             section[key] = _portable(str(section[key]))
-    return hashlib.sha1(_json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return short_hash(without_later_defaults(data))
 
 
 def _portable(text: str) -> str:

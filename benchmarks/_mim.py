@@ -31,14 +31,13 @@ classification 91 s, detection 157 s) under a load of about 4 on its two cores.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -362,14 +361,10 @@ def _config_data(cfg: Any) -> dict[str, Any] | None:
     data.pop("runtime", None)
     if data.get("init") is not None:
         data["init"] = "pretrained encoder"
-    return _portable(data)
+    return _portable(C.without_later_defaults(data))
 
 
 # ------------------------------------------------------------------------------------------ jobs
-def _hash(data: Any) -> str:
-    return hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:10]
-
-
 def _in_folder(cfg: Any, runs_root: Path, name: str) -> Any:
     """``cfg`` with its run directory ``runs_root / name``."""
     return cfg.model_copy(update={"runtime": cfg.runtime.model_copy(update={"runs_root": runs_root, "name": name})})
@@ -414,12 +409,12 @@ class MimJob:
         threads = self.threads or C.DEFAULT_THREADS
         seed, proto, arm, where = self.point.seed, self.proto, self.arm, Path("runs")
         pre = pretrain_config(proto, arm, seed, where, threads) if arm.pretrained else None
-        pid = _hash({"pretrain": _config_data(pre)}) if pre is not None else None
+        pid = C.short_hash({"pretrain": _config_data(pre)}) if pre is not None else None
         encoder = self.point_dir() / f"encoder_{pid}.pt" if pid is not None else None
         cls = classify_config(proto, seed, encoder, where, threads)
         det = detect_config(proto, seed, encoder, where, threads) if has_boxes(proto.data_dir) else None
-        cid = _hash({"classify": _config_data(cls), "encoder": pid})
-        did = _hash({"detect": _config_data(det), "encoder": pid}) if det is not None else None
+        cid = C.short_hash({"classify": _config_data(cls), "encoder": pid})
+        did = C.short_hash({"detect": _config_data(det), "encoder": pid}) if det is not None else None
         self._ids = {"pretrain": pid, "classify": cid, "detect": did}
         root = self.point_dir()
         self._configs = {"pretrain": _in_folder(pre, root, f"pretrain_{pid}") if pre is not None else None,
@@ -442,7 +437,7 @@ class MimJob:
     def config_id(self) -> str:
         """Short hash of the protocol and the three stages' ids: equal ids, equal experiment (the seed
         is not part of it: it is in the point's key)."""
-        return _hash({"protocol": self.proto.settings(), "arm": self.point.arm, "stages": self.stage_ids()})
+        return C.short_hash({"protocol": self.proto.settings(), "arm": self.point.arm, "stages": self.stage_ids()})
 
     def status(self) -> str:
         """``todo`` (no result), ``done`` (a result with this protocol) or ``mismatch`` (another one)."""
@@ -538,19 +533,27 @@ def _stage_seconds(run_dir: Path, t0: float, ran: str | None) -> dict[str, Any]:
     return {"seconds": old.get("seconds"), "how": "reused"}
 
 
-def run_classification(job: MimJob, redo: bool) -> dict[str, Any]:
-    """Fine-tune (or reuse / resume) the classifier; returns final test, final val and best val metrics."""
-    from medssl.engine.classify import train_classifier
-
-    cfg = job.configs()["classify"]
+def _fine_tune_stage(job: MimJob, cfg: Any, label: str, train: Callable[..., Any],
+                     redo: bool) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """Run a fine-tuning stage unless its ``results.json`` exists (resuming an interrupted one); returns
+    the run folder, its results and the stage's timing record (:func:`_stage_seconds`)."""
     run_dir = Path(cfg.runtime.runs_root) / cfg.runtime.name
     t0 = time.perf_counter()
     ran: str | None = None
     if redo or not (run_dir / "results.json").is_file():
         ran = _mode(run_dir, redo)
-        C.say(f"{job.point.key}: classification ({cfg.epochs} epochs, {ran})")
-        train_classifier(cfg, ran, command=job.command.split())  # type: ignore[arg-type]
+        C.say(f"{job.point.key}: {label} ({cfg.epochs:g} epochs, {ran})")
+        train(cfg, ran, command=job.command.split())
     res = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
+    return run_dir, res, _stage_seconds(run_dir, t0, ran)
+
+
+def run_classification(job: MimJob, redo: bool) -> dict[str, Any]:
+    """Fine-tune (or reuse / resume) the classifier; returns final test, final val and best val metrics."""
+    from medssl.engine.classify import train_classifier
+
+    cfg = job.configs()["classify"]
+    run_dir, res, timing = _fine_tune_stage(job, cfg, "classification", train_classifier, redo)
     best = res.get("best") or {}
     splits = res["splits"]
     return {
@@ -560,7 +563,7 @@ def run_classification(job: MimJob, redo: bool) -> dict[str, Any]:
         "test_images": splits["test"]["n"] if splits.get("test") else 0, "epochs": res["epochs"],
         "iterations_per_epoch": res["iterations_per_epoch"], "batch_size": res["global_batch_size"],
         "peak_lr": res["peak_lr"], "init": res["init"]["path"] if res.get("init") else None,
-        "run_dir": C.rel(run_dir), **_stage_seconds(run_dir, t0, ran),
+        "run_dir": C.rel(run_dir), **timing,
     }
 
 
@@ -571,20 +574,13 @@ def run_detection(job: MimJob, redo: bool) -> dict[str, Any] | None:
     cfg = job.configs()["detect"]
     if cfg is None:
         return None
-    run_dir = Path(cfg.runtime.runs_root) / cfg.runtime.name
-    t0 = time.perf_counter()
-    ran: str | None = None
-    if redo or not (run_dir / "results.json").is_file():
-        ran = _mode(run_dir, redo)
-        C.say(f"{job.point.key}: detection ({cfg.epochs:g} epochs, {ran})")
-        train_detector(cfg, ran, command=job.command.split())  # type: ignore[arg-type]
-    res = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
+    run_dir, res, timing = _fine_tune_stage(job, cfg, "detection", train_detector, redo)
     return {
         "test": (res.get("final") or {}).get("metrics"), "train_images": res["train_images"],
         "test_images": res["val_images"], "test_source": C.rel(Path(res["val_source"])) if res.get("val_source") else None,
         "iterations": res["iterations"], "steps_per_epoch": res["steps_per_epoch"], "epochs": res["epochs"],
         "batch_size": res["total_batch"], "lr": res["lr"], "categories": res["categories"],
-        "image_size": cfg.model.min_size, "run_dir": C.rel(run_dir), **_stage_seconds(run_dir, t0, ran),
+        "image_size": cfg.model.min_size, "run_dir": C.rel(run_dir), **timing,
     }
 
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -157,7 +156,7 @@ class Pretraining:
         data["runtime"] = {"seed": data["runtime"]["seed"]}
         for key in ("folder", "roi_cache"):
             data["data"][key] = _portable(str(data["data"][key]))
-        return hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:10]
+        return C.short_hash(C.without_later_defaults(data))
 
     def paths(self) -> dict[str, Path]:
         """``run`` directory, ``export`` (.pt), ``record`` (JSON written last) and ``lock`` of this pretraining."""

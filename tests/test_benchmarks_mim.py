@@ -84,6 +84,23 @@ def test_config_id_depends_on_the_experiment_not_on_paths(tmp_path: Path) -> Non
     assert scratch.stage_ids()["pretrain"] is None and scratch.configs()["classify"].init is None
 
 
+def test_options_added_later_keep_old_ids_at_their_original_value(tmp_path: Path) -> None:
+    """``masking.counts`` came after results were committed: at ``floor`` (the behaviour from before) it is
+    not part of the stage hash, so those results stay valid; ``stochastic`` is another protocol."""
+    import _common as C
+
+    job = M.MimJob(_proto(tmp_path), M.Point("guided_0.8_0.4", 1), tmp_path, tmp_path, threads=1)
+    pre = job.configs()["pretrain"]
+    assert pre.masking.counts == "floor"
+    data = M._config_data(pre)
+    assert "counts" not in data["masking"] and data["masking"]["ratios"] == [0.8, 0.4]
+    other = M._config_data(pre.model_copy(update={"masking": pre.masking.model_copy(update={"counts": "stochastic"})}))
+    assert other["masking"]["counts"] == "stochastic"
+    assert C.short_hash({"pretrain": other}) != C.short_hash({"pretrain": data}) == job.stage_ids()["pretrain"]
+    nested = {"masking": {"counts": "floor", "rule": "any"}, "model": {"counts": "floor"}}
+    assert C.without_later_defaults(nested) == {"masking": {"rule": "any"}, "model": {"counts": "floor"}}
+
+
 def _result(arm: str, seed: int, acc: float, ratio: float | None, box_ap: float) -> dict:
     pre = None if ratio is None else {"actual_overall": ratio, "expected_overall": 0.5,
                                       "expected_overall_fixed_count": 0.55, "actual_roi": None,

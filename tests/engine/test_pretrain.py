@@ -137,6 +137,45 @@ def test_cli_guided_2d_logs_exact_mask_ratios_and_schedules(data: dict[str, Path
     assert figures == ["preview_epoch_0001.png", "preview_epoch_0002.png", "preview_final.png"]
 
 
+def test_stochastic_counts_each_step_floor_or_ceil(data: dict[str, Path], tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """``--counts stochastic``: every sample keeps floor or ceil of the exact count (each logged batch mean is
+    one of those combinations) and the manifest's fixed-count expectation is the spec's exact ratio."""
+    import itertools
+
+    main(["pretrain", "run", "--data", str(data["chest"]), "--roi-cache", str(data["chest_roi"]),
+          "--masking", "guided", "--ratios", "0.7,0.3", "--counts", "stochastic", "--runs-root", str(tmp_path),
+          "--name", "st", *TINY_2D])
+    run = tmp_path / "st"
+    assert "(stochastic counts " in capsys.readouterr().out
+    train = [r for r in read_metrics(run / "metrics.csv") if r["phase"] == "train"]
+    names = _batch_names(run, len(train))
+
+    def outcomes(n: int, ratio: float) -> set[float]:
+        kept = n * (1 - ratio)
+        return {1 - math.floor(kept + 1e-9) / n, 1 - math.ceil(kept - 1e-9) / n} if n else set()
+
+    for row, batch in zip(train, names, strict=True):
+        for key, ratio, count in (("mask_ratio_roi", 0.7, lambda c: ROI_PATCHES[c]),
+                                  ("mask_ratio_bg", 0.3, lambda c: N_PATCHES - ROI_PATCHES[c])):
+            options = [outcomes(count(c), ratio) for c in batch if count(c)]
+            means = {sum(combo) / len(combo) for combo in itertools.product(*options)} if options else set()
+            assert any(abs(row[key] - m) < 1e-9 for m in means) or (not means and math.isnan(row[key])), \
+                (batch, key, row[key], means)
+    expected = json.loads((run / "summary.json").read_text())["expected_mask_ratio"]
+    assert expected["overall_fixed_count"] == pytest.approx(expected["overall"], abs=1e-12)
+    from medssl.engine.pretrain import draw_mask, read_pretrain_config
+    from medssl.masking import guided_mask
+
+    masking = read_pretrain_config(run).masking
+    assert masking.counts == "stochastic"
+    roi = torch.zeros(64, 3, 3, 2, dtype=torch.bool)
+    roi[:, 0, :2, :2] = True  # 4 ROI patches at 0.7: floor keeps 1, stochastic 1 or 2
+    drawn = draw_mask(masking, roi, torch.Generator().manual_seed(4))
+    assert torch.equal(drawn, guided_mask(roi, 0.7, 0.3, torch.Generator().manual_seed(4), counts="stochastic"))
+    assert set((drawn & roi).flatten(1).sum(1).tolist()) == {1, 2}
+
+
 def test_resume_continues_exactly(data: dict[str, Path], tmp_path: Path) -> None:
     """A run interrupted after iteration 3 (mid-epoch) and resumed equals the uninterrupted run."""
     whole = tmp_path / "whole"

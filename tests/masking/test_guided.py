@@ -127,3 +127,39 @@ def test_mask_ratios_and_expected() -> None:
     assert math.isnan(mask_ratios(visible, torch.zeros_like(roi))["roi"])
     assert expected_overall_ratio(10, 39, 0.8, 0.4) == pytest.approx((10 * 0.8 + 39 * 0.4) / 49)
     assert expected_overall_ratio(0, 49, 0.8, 0.4) == pytest.approx(0.4)
+
+
+def test_stochastic_counts_are_unbiased_floor_or_ceil() -> None:
+    """4 ROI patches at 0.8 keep 0.8 of a patch on average: floor keeps 0, stochastic keeps 0 or 1, 1 in 80 %."""
+    gen = torch.Generator().manual_seed(11)
+    roi = torch.zeros(2000, 3, 3, 2, dtype=torch.bool)
+    roi[:, 0, :2, :2] = True  # 4 ROI patches, 14 background patches
+    floor = guided_mask(roi, 0.8, 0.4, gen)
+    assert (floor & roi).flatten(1).sum(1).eq(0).all()  # the spec's rule hides the whole ROI
+    visible = guided_mask(roi, 0.8, 0.4, gen, counts="stochastic")
+    kept_roi = (visible & roi).flatten(1).sum(1)
+    kept_bg = (visible & ~roi).flatten(1).sum(1)
+    assert set(kept_roi.tolist()) == {0, 1}
+    assert set(kept_bg.tolist()) == {8, 9}  # 14 x 0.6 = 8.4
+    # binomial means: 2000 draws, 4 standard deviations
+    assert abs(kept_roi.double().mean().item() - 0.8) < 4 * math.sqrt(0.8 * 0.2 / 2000)
+    assert abs(kept_bg.double().mean().item() - 8.4) < 4 * math.sqrt(0.4 * 0.6 / 2000)
+    ratios = mask_ratios(visible, roi)
+    assert ratios["roi"] == pytest.approx(0.8, abs=0.02) and ratios["background"] == pytest.approx(0.4, abs=0.02)
+
+
+def test_stochastic_counts_exact_when_the_product_is_whole() -> None:
+    gen = torch.Generator().manual_seed(12)
+    roi = torch.zeros(50, 10, dtype=torch.bool)
+    roi[:, :5] = True  # 5 x 0.2 = 1 and 5 x 0.6 = 3 exactly: no randomness in the counts
+    visible = guided_mask(roi, 0.8, 0.4, gen, counts="stochastic")
+    assert (visible & roi).sum(1).eq(1).all() and (visible & ~roi).sum(1).eq(3).all()
+
+
+def test_stochastic_counts_deterministic_and_unknown_rule_rejected() -> None:
+    roi = torch.rand(6, 5, 5, generator=torch.Generator().manual_seed(3)) > 0.7
+    a = guided_mask(roi, 0.7, 0.3, torch.Generator().manual_seed(9), counts="stochastic")
+    b = guided_mask(roi, 0.7, 0.3, torch.Generator().manual_seed(9), counts="stochastic")
+    assert torch.equal(a, b)
+    with pytest.raises(MedsslInputError, match="mask counts"):
+        guided_mask(roi, 0.7, 0.3, counts="ceil")  # type: ignore[arg-type]

@@ -55,6 +55,8 @@ def run(
     ratio: float | None = typer.Option(None, "--ratio", help="random masking: fraction of patches masked."),
     ratios: str | None = typer.Option(None, "--ratios", help="guided masking: r_roi,r_bg (e.g. 0.8,0.4)."),
     rule: str | None = typer.Option(None, "--rule", help="ROI patch rule: topleft | any | center | fraction>=t"),
+    counts: str | None = typer.Option(None, "--counts", help="guided masking: kept-patch counts, floor (the "
+                                      "spec's rule) | stochastic (unbiased; for coarse grids)."),
     backbone: str | None = typer.Option(None, "--backbone", help="timm model (2D) or vnet (3D)."),
     dims: int | None = typer.Option(None, "--dims", help="2 (images) or 3 (volumes)."),
     image_size: int | None = typer.Option(None, "--image-size", help="2D input size (pixels)."),
@@ -80,7 +82,7 @@ def run(
     from medssl.engine.pretrain import PretrainConfig, train_pretrain
 
     flags = {"masking.kind": masking, "masking.ratio": ratio, "masking.ratios": None if ratios is None else _ratios(ratios),
-             "masking.rule": rule, "model.backbone": backbone, "model.dims": dims, "data.image_size": image_size,
+             "masking.rule": rule, "masking.counts": counts, "model.backbone": backbone, "model.dims": dims, "data.image_size": image_size,
              "optim.batch_size": batch_size, "optim.epochs": epochs,
              "data.allow_missing_roi": True if allow_missing_roi else None,
              **runtime_flags(seed=seed, devices=devices, num_nodes=num_nodes, strategy=strategy,
@@ -100,7 +102,9 @@ def run(
     typer.echo(f"run: {result.run_dir}")
     typer.echo(f"{s['iterations']} iterations ({s['epochs']} epochs x {s['iterations_per_epoch']}), "
                f"{s['images']} images, peak lr {s['peak_lr']:.3g}; final loss {last.get('loss', float('nan')):.4f}")
-    typer.echo(f"mask ratio: expected {expected['overall']:.3f} (fixed-count {expected['overall_fixed_count']:.3f}), "
+    counts = "stochastic counts" if cfg.masking.kind == "guided" and cfg.masking.counts == "stochastic" \
+        else "fixed-count"
+    typer.echo(f"mask ratio: expected {expected['overall']:.3f} ({counts} {expected['overall_fixed_count']:.3f}), "
                f"last step {last.get('mask_ratio', float('nan')):.3f}")
     if s["data"]["missing_roi"]:
         typer.echo(f"{s['data']['missing_roi']} image(s) without ROI entry were masked uniformly")

@@ -120,6 +120,10 @@ class MaskingConfig(MedsslConfig):
     ratios: tuple[float, float] = Field((0.8, 0.4), description="guided: mask ratio inside the ROI and "
                                         "in the background.")
     rule: str = Field("topleft", description="ROI label of a patch: topleft | any | center | fraction>=t.")
+    counts: Literal["floor", "stochastic"] = Field(
+        "floor", description="guided: kept-patch counts per sample, floor(|R|(1-r_roi)) and floor(|B|(1-r_bg)) "
+        "(the spec's rule) or stochastic rounding (masked fractions exactly r_roi / r_bg on average; for "
+        "coarse grids, e.g. 3D, where flooring hides a small ROI completely).")
 
     @field_validator("ratios")
     @classmethod
@@ -189,7 +193,7 @@ def mask_generator(seed: int, iteration: int, rank: int = 0, stream: int = _MASK
 def draw_mask(masking: MaskingConfig, roi_patches: Tensor, generator: torch.Generator) -> Tensor:
     """A fresh (B, *grid) visibility mask (True = visible) for ROI patch labels (B, *grid)."""
     if masking.kind == "guided":
-        return guided_mask(roi_patches, masking.ratios[0], masking.ratios[1], generator)
+        return guided_mask(roi_patches, masking.ratios[0], masking.ratios[1], generator, masking.counts)
     return random_mask(roi_patches.shape[0], roi_patches.shape[1:], masking.ratio, generator)
 
 
@@ -198,7 +202,7 @@ def expected_mask_ratios(dataset: PretrainDataset, patch: int, masking: MaskingC
 
     Returns ``overall`` (mean over images of the spec's (|R| r_roi + |B| r_bg) / N, or ``ratio`` for
     random masking), ``overall_fixed_count`` (mean of the exact fraction the fixed-count masks give,
-    floor / round included), ``roi_patch_fraction`` (mean |R| / N) and ``images_with_roi_patches``.
+    floor / round included; the expected fraction for stochastic counts), ``roi_patch_fraction`` (mean |R| / N) and ``images_with_roi_patches``.
     """
     spec, exact, fractions = [], [], []
     with_roi = 0
@@ -210,7 +214,10 @@ def expected_mask_ratios(dataset: PretrainDataset, patch: int, masking: MaskingC
         if masking.kind == "guided":
             r_roi, r_bg = masking.ratios
             spec.append(expected_overall_ratio(n_roi, n - n_roi, r_roi, r_bg))
-            kept = keep_count(n_roi, r_roi, "floor") + keep_count(n - n_roi, r_bg, "floor")
+            if masking.counts == "stochastic":  # unbiased: the expected count is the exact product
+                kept = n_roi * (1 - r_roi) + (n - n_roi) * (1 - r_bg)
+            else:
+                kept = keep_count(n_roi, r_roi, "floor") + keep_count(n - n_roi, r_bg, "floor")
         else:
             spec.append(masking.ratio)
             kept = keep_count(n, masking.ratio, "round")

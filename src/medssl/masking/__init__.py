@@ -9,9 +9,10 @@
 All masks are visibility masks: True = visible, False = masked.
 """
 
-from medssl.masking.guided import expected_overall_ratio, guided_mask, mask_ratios
+from medssl.masking.guided import COUNT_RULES, expected_overall_ratio, guided_mask, mask_ratios
 from medssl.masking.patches import RULES, parse_rule, patch_grid, roi_patch_labels, upsample_mask
-from medssl.masking.random_mask import keep_count, random_mask, select_uniform
+from medssl.masking.random_mask import keep_count, random_mask, select_uniform, stochastic_keep_counts
 
-__all__ = ["RULES", "expected_overall_ratio", "guided_mask", "keep_count", "mask_ratios", "parse_rule",
-           "patch_grid", "random_mask", "roi_patch_labels", "select_uniform", "upsample_mask"]
+__all__ = ["COUNT_RULES", "RULES", "expected_overall_ratio", "guided_mask", "keep_count", "mask_ratios",
+           "parse_rule", "patch_grid", "random_mask", "roi_patch_labels", "select_uniform",
+           "stochastic_keep_counts", "upsample_mask"]

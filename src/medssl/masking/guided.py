@@ -1,23 +1,30 @@
 """Region-guided patch masks (Mask What Matters): the ROI is masked harder than the background.
 
 Per sample, with R the ROI patches and B the background patches, exactly floor(|R| (1 - r_roi)) ROI
-patches and floor(|B| (1 - r_bg)) background patches stay visible, each set drawn uniformly without
-replacement. Masks are visibility masks: True = visible.
+patches and floor(|B| (1 - r_bg)) background patches stay visible (the spec's and the reference's rule,
+``counts="floor"``), each set drawn uniformly without replacement. ``counts="stochastic"`` rounds each
+count up with probability equal to its fractional part instead, so that the masked fractions equal
+``r_roi`` and ``r_bg`` on average even on coarse grids (3D), where flooring hides a small ROI completely.
+Masks are visibility masks: True = visible.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import Tensor
 
 from medssl.errors import MedsslInputError
-from medssl.masking.random_mask import check_ratio, keep_count, select_uniform
+from medssl.masking.random_mask import check_ratio, keep_count, select_uniform, stochastic_keep_counts
+
+#: How the kept-patch counts are rounded: the spec's floor, or unbiased stochastic rounding.
+COUNT_RULES = ("floor", "stochastic")
 
 
-def guided_mask(roi_patches: Tensor, r_roi: float, r_bg: float,
-                generator: torch.Generator | None = None) -> Tensor:
+def guided_mask(roi_patches: Tensor, r_roi: float, r_bg: float, generator: torch.Generator | None = None,
+                counts: Literal["floor", "stochastic"] = "floor") -> Tensor:
     """Draw a fresh region-guided visibility mask.
 
     Args:
@@ -25,6 +32,9 @@ def guided_mask(roi_patches: Tensor, r_roi: float, r_bg: float,
         r_roi: mask ratio inside the ROI, in [0, 1] (e.g. 0.8).
         r_bg: mask ratio in the background, in [0, 1] (e.g. 0.4).
         generator: makes the draw reproducible (device must match ``roi_patches``).
+        counts: ``"floor"`` keeps exactly floor(|R| (1 - r_roi)) and floor(|B| (1 - r_bg)) patches
+            visible; ``"stochastic"`` rounds each count up with probability equal to its fractional
+            part (expected masked fractions exactly ``r_roi`` and ``r_bg``).
 
     Returns:
         (B, *grid) bool visibility mask. An empty ROI masks the whole image at ``r_bg``; a ROI that
@@ -37,8 +47,15 @@ def guided_mask(roi_patches: Tensor, r_roi: float, r_bg: float,
     roi = roi_patches.bool().flatten(1)
     n_roi = roi.sum(dim=1).tolist()
     n_all = roi.shape[1]
-    keep_roi = torch.tensor([keep_count(n, r_roi, "floor") for n in n_roi], device=roi.device)
-    keep_bg = torch.tensor([keep_count(n_all - n, r_bg, "floor") for n in n_roi], device=roi.device)
+    n_bg = [n_all - n for n in n_roi]
+    if counts == "floor":
+        keep_roi = torch.tensor([keep_count(n, r_roi, "floor") for n in n_roi], device=roi.device)
+        keep_bg = torch.tensor([keep_count(n, r_bg, "floor") for n in n_bg], device=roi.device)
+    elif counts == "stochastic":
+        keep_roi = stochastic_keep_counts(n_roi, r_roi, generator, roi.device)
+        keep_bg = stochastic_keep_counts(n_bg, r_bg, generator, roi.device)
+    else:
+        raise MedsslInputError("mask counts", f"expected one of {', '.join(COUNT_RULES)}, got {counts!r}")
     visible = select_uniform(roi, keep_roi, generator) | select_uniform(~roi, keep_bg, generator)
     return visible.reshape(roi_patches.shape)
 
@@ -81,4 +98,4 @@ def expected_overall_ratio(n_roi: int, n_bg: int, r_roi: float, r_bg: float) -> 
     return (n_roi * float(r_roi) + n_bg * float(r_bg)) / (n_roi + n_bg)
 
 
-__all__ = ["expected_overall_ratio", "guided_mask", "mask_ratios"]
+__all__ = ["COUNT_RULES", "expected_overall_ratio", "guided_mask", "mask_ratios"]

@@ -35,6 +35,34 @@ def keep_count(n: int, ratio: float, rounding: Literal["floor", "round"]) -> int
     return math.floor(kept) if rounding == "floor" else round(kept)
 
 
+def stochastic_keep_counts(n: Sequence[int], ratio: float, generator: torch.Generator | None = None,
+                           device: torch.device | str | None = None) -> Tensor:
+    """Kept-patch counts whose expectation is exactly ``n * (1 - ratio)``: floor(n (1 - ratio)) plus one
+    more with probability equal to the fractional part (computed exactly on the decimal ``ratio``).
+
+    On coarse patch grids the floor rule can hide a small ROI completely (4 ROI patches at ratio 0.8 keep
+    floor(0.8) = 0); this unbiased rounding keeps 1 of them with probability 0.8, so the masked fraction
+    equals ``ratio`` on average.
+
+    Args:
+        n: set sizes, one per sample (B values).
+        ratio: mask ratio in [0, 1].
+        generator: source of randomness (CPU or the result's device).
+        device: device of the result (defaults to the generator's device, else CPU).
+
+    Returns:
+        (B,) long tensor of counts, each ``floor`` or ``floor + 1`` (never more than ``n``).
+    """
+    keep_fraction = 1 - check_ratio(ratio)
+    draw_device = generator.device if generator is not None else torch.device("cpu")
+    base = [keep_count(int(size), ratio, "floor") for size in n]
+    remainder = torch.tensor([float(int(size) * keep_fraction - k) for size, k in zip(n, base, strict=True)],
+                             dtype=torch.float64)
+    draws = torch.rand(len(base), generator=generator, device=draw_device, dtype=torch.float64).cpu()
+    counts = torch.tensor(base, dtype=torch.long) + (draws < remainder).long()
+    return counts.to(device if device is not None else draw_device)
+
+
 def select_uniform(members: Tensor, keep: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """Per row, a uniformly random subset of exactly ``keep[b]`` of the True entries of ``members[b]``.
 
@@ -79,4 +107,4 @@ def random_mask(batch: int, grid: Sequence[int], ratio: float, generator: torch.
     return select_uniform(members, counts, generator).reshape(batch, *grid)
 
 
-__all__ = ["check_ratio", "keep_count", "random_mask", "select_uniform"]
+__all__ = ["check_ratio", "keep_count", "random_mask", "select_uniform", "stochastic_keep_counts"]
