@@ -10,20 +10,7 @@ from pathlib import Path
 
 import typer
 
-from medssl.cli._training import (
-    AcceleratorOption,
-    DevicesOption,
-    NumNodesOption,
-    OverwriteOption,
-    PrecisionOption,
-    QuietOption,
-    ResumeOption,
-    RunsRootOption,
-    SeedOption,
-    SetOption,
-    StrategyOption,
-    ThreadsOption,
-)
+from medssl.cli import _training as opt
 
 app = typer.Typer(help="Fine-tune pretrained encoders: classification and Mask R-CNN detection.", no_args_is_help=True)
 
@@ -35,18 +22,18 @@ def classify(
     config: Path | None = typer.Option(None, "--config", help="YAML preset (a file or a name in configs/finetune/)."),
     epochs: int | None = typer.Option(None, "--epochs", help="Override the number of epochs."),
     name: str | None = typer.Option(None, "--name", help="Run name (default classify_<backbone>_<init|scratch>_s<seed>)."),
-    runs_root: RunsRootOption = None,
-    seed: SeedOption = None,
-    devices: DevicesOption = None,
-    num_nodes: NumNodesOption = None,
-    strategy: StrategyOption = None,
-    precision: PrecisionOption = None,
-    accelerator: AcceleratorOption = None,
-    threads: ThreadsOption = None,
-    set_: SetOption = None,
-    resume: ResumeOption = False,
-    overwrite: OverwriteOption = False,
-    quiet: QuietOption = False,
+    runs_root: opt.RunsRootOption = None,
+    seed: opt.SeedOption = None,
+    devices: opt.DevicesOption = None,
+    num_nodes: opt.NumNodesOption = None,
+    strategy: opt.StrategyOption = None,
+    precision: opt.PrecisionOption = None,
+    accelerator: opt.AcceleratorOption = None,
+    threads: opt.ThreadsOption = None,
+    set_: opt.SetOption = None,
+    resume: opt.ResumeOption = False,
+    overwrite: opt.OverwriteOption = False,
+    quiet: opt.QuietOption = False,
 ) -> None:
     """Fine-tune a timm classifier; reports the best epoch (selected on validation) and the final epoch."""
     from medssl.cli._training import resolve_training_config, runtime_flags

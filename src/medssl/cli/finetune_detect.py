@@ -11,18 +11,7 @@ from pathlib import Path
 
 import typer
 
-from medssl.cli._training import (
-    AcceleratorOption,
-    DevicesOption,
-    OverwriteOption,
-    PrecisionOption,
-    QuietOption,
-    ResumeOption,
-    RunsRootOption,
-    SeedOption,
-    SetOption,
-    ThreadsOption,
-)
+from medssl.cli import _training as opt
 
 
 def _data_overrides(data: Path) -> list[str]:
@@ -45,16 +34,16 @@ def detect(
     epochs: float | None = typer.Option(None, "--epochs", help="Training length in epochs."),
     iterations: int | None = typer.Option(None, "--iterations", help="Training length in iterations (overrides epochs)."),
     name: str | None = typer.Option(None, "--name", help="Run name (default detect_<backbone>_<init|scratch>_s<seed>)."),
-    runs_root: RunsRootOption = None,
-    seed: SeedOption = None,
-    devices: DevicesOption = None,
-    accelerator: AcceleratorOption = None,
-    precision: PrecisionOption = None,
-    threads: ThreadsOption = None,
-    set_: SetOption = None,
-    resume: ResumeOption = False,
-    overwrite: OverwriteOption = False,
-    quiet: QuietOption = False,
+    runs_root: opt.RunsRootOption = None,
+    seed: opt.SeedOption = None,
+    devices: opt.DevicesOption = None,
+    accelerator: opt.AcceleratorOption = None,
+    precision: opt.PrecisionOption = None,
+    threads: opt.ThreadsOption = None,
+    set_: opt.SetOption = None,
+    resume: opt.ResumeOption = False,
+    overwrite: opt.OverwriteOption = False,
+    quiet: opt.QuietOption = False,
 ) -> None:
     """Fine-tune Mask R-CNN (ResNet-FPN) from a pretrained encoder; reports COCO BoxAP and MaskAP."""
     from medssl.cli._training import resolve_training_config, runtime_flags

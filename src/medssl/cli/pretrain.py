@@ -15,20 +15,7 @@ from pathlib import Path
 
 import typer
 
-from medssl.cli._training import (
-    AcceleratorOption,
-    DevicesOption,
-    NumNodesOption,
-    OverwriteOption,
-    PrecisionOption,
-    QuietOption,
-    ResumeOption,
-    RunsRootOption,
-    SeedOption,
-    SetOption,
-    StrategyOption,
-    ThreadsOption,
-)
+from medssl.cli import _training as opt
 
 app = typer.Typer(help="Masked image pretraining (SparK / Mask What Matters): run, export.", no_args_is_help=True)
 
@@ -63,19 +50,19 @@ def run(
     batch_size: int | None = typer.Option(None, "--batch-size", help="Images per step (all processes)."),
     config: Path | None = typer.Option(None, "--config", help="YAML preset (a file or a name in configs/pretrain/)."),
     name: str | None = typer.Option(None, "--name", help="Run name (default <masking>_<backbone>_s<seed>)."),
-    runs_root: RunsRootOption = None,
+    runs_root: opt.RunsRootOption = None,
     epochs: int | None = typer.Option(None, "--epochs"),
-    seed: SeedOption = None,
-    devices: DevicesOption = None,
-    num_nodes: NumNodesOption = None,
-    strategy: StrategyOption = None,
-    precision: PrecisionOption = None,
-    accelerator: AcceleratorOption = None,
-    threads: ThreadsOption = None,
-    set_: SetOption = None,
-    resume: ResumeOption = False,
-    overwrite: OverwriteOption = False,
-    quiet: QuietOption = False,
+    seed: opt.SeedOption = None,
+    devices: opt.DevicesOption = None,
+    num_nodes: opt.NumNodesOption = None,
+    strategy: opt.StrategyOption = None,
+    precision: opt.PrecisionOption = None,
+    accelerator: opt.AcceleratorOption = None,
+    threads: opt.ThreadsOption = None,
+    set_: opt.SetOption = None,
+    resume: opt.ResumeOption = False,
+    overwrite: opt.OverwriteOption = False,
+    quiet: opt.QuietOption = False,
 ) -> None:
     """Pretrain an encoder with SparK and random or text-guided (ROI) masks."""
     from medssl.cli._training import resolve_training_config, runtime_flags

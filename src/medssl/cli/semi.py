@@ -11,20 +11,7 @@ from typing import Any
 
 import typer
 
-from medssl.cli._training import (
-    AcceleratorOption,
-    DevicesOption,
-    NumNodesOption,
-    OverwriteOption,
-    PrecisionOption,
-    QuietOption,
-    ResumeOption,
-    RunsRootOption,
-    SeedOption,
-    SetOption,
-    StrategyOption,
-    ThreadsOption,
-)
+from medssl.cli import _training as opt
 
 app = typer.Typer(help="Semi-supervised 3D segmentation: train, evaluate, predict.", no_args_is_help=True)
 
@@ -35,20 +22,20 @@ def train(
     labeled: int | None = typer.Option(None, "--labeled", help="Number of labeled training volumes."),
     config: Path | None = typer.Option(None, "--config", help="YAML preset (a file or a name in configs/semi/)."),
     name: str | None = typer.Option(None, "--name", help="Run name (default <method>_<labeled>l_s<seed>)."),
-    runs_root: RunsRootOption = None,
+    runs_root: opt.RunsRootOption = None,
     iterations: int | None = typer.Option(None, "--iterations", help="Override max_iterations."),
-    seed: SeedOption = None,
+    seed: opt.SeedOption = None,
     init_encoder: Path | None = typer.Option(None, "--init-encoder", help="Pretrained 3D encoder weights."),
-    devices: DevicesOption = None,
-    num_nodes: NumNodesOption = None,
-    strategy: StrategyOption = None,
-    precision: PrecisionOption = None,
-    accelerator: AcceleratorOption = None,
-    threads: ThreadsOption = None,
-    set_: SetOption = None,
-    resume: ResumeOption = False,
-    overwrite: OverwriteOption = False,
-    quiet: QuietOption = False,
+    devices: opt.DevicesOption = None,
+    num_nodes: opt.NumNodesOption = None,
+    strategy: opt.StrategyOption = None,
+    precision: opt.PrecisionOption = None,
+    accelerator: opt.AcceleratorOption = None,
+    threads: opt.ThreadsOption = None,
+    set_: opt.SetOption = None,
+    resume: opt.ResumeOption = False,
+    overwrite: opt.OverwriteOption = False,
+    quiet: opt.QuietOption = False,
 ) -> None:
     """Train a semi-supervised segmentation method; evaluates the final checkpoint on validation cases."""
     from medssl.cli._training import resolve_training_config, runtime_flags
