@@ -9,12 +9,16 @@ import pytest
 import torch
 
 from medssl.methods.coral import (
+    anchor_bank,
     chunked_coral_loss,
     coral_chunk_logits,
     coral_consistency_loss,
     coral_distance,
+    coral_matrix,
     coral_vector,
+    masked_coral_consistency_loss,
     select_per_class,
+    select_per_class_fixed,
     select_top,
     select_top_bottom,
 )
@@ -139,3 +143,59 @@ def test_cosine_correlation_matrix_and_loss() -> None:
                              {0: torch.from_numpy(anchors[0])}, temperature=1.0, similarity="dot")
     e2 = np.exp(feats[[0, 1]] @ anchors[0].T)
     assert dot is not None and np.allclose(dot.numpy(), e2 / e2.sum(1, keepdims=True))
+
+
+def _reference_select(pseudo: torch.Tensor, conf: torch.Tensor, n_classes: int, k: int,
+                      both_ends: bool) -> dict[int, list[int]]:
+    """The per-class form: each class's rows, then top/bottom (or top) k of them."""
+    rows = torch.arange(pseudo.numel())
+    out = {}
+    for c in range(n_classes):
+        mask = pseudo == c
+        if mask.any():
+            pick = select_top_bottom(conf[mask], k) if both_ends else select_top(conf[mask], k)
+            out[c] = rows[mask][pick].tolist()
+    return out
+
+
+@pytest.mark.parametrize("both_ends", [True, False])
+def test_fixed_selection_equals_the_per_class_selection(both_ends: bool) -> None:
+    g = torch.Generator().manual_seed(0)
+    for n, k in [(200, 7), (30, 20), (5, 3), (1, 2)]:
+        pseudo = torch.randint(0, 3, (n,), generator=g)
+        conf = torch.randint(0, 5, (n,), generator=g).float() / 4  # many ties: order must be stable
+        index, valid = select_per_class_fixed(pseudo, conf, 3, k, both_ends)
+        assert index.shape == valid.shape == (3, 2 * k if both_ends else k)
+        got = {c: index[c][valid[c]].tolist() for c in range(3) if valid[c].any()}
+        assert got == _reference_select(pseudo, conf, 3, k, both_ends)
+
+
+def test_fixed_coral_terms_equal_the_vector_form() -> None:
+    rng = np.random.default_rng(3)
+    feats = torch.from_numpy(rng.normal(size=(60, 4)))
+    pseudo = torch.from_numpy(rng.integers(0, 2, size=60))
+    conf = torch.from_numpy(rng.random(60))
+    anchors = {0: torch.from_numpy(rng.normal(size=(16, 4))), 1: torch.from_numpy(rng.normal(scale=2, size=(16, 4)))}
+    feats2 = feats + 0.3 * torch.from_numpy(rng.normal(size=(60, 4)))
+    cases = [(pseudo, anchors), (pseudo, {1: anchors[1]}),                    # a missing anchor class
+             (torch.where(torch.arange(60) == 7, 1, 0), anchors)]              # a one-row pseudo-class
+    for labels, bank_in in cases:
+        sel = _reference_select(labels, conf, 2, 5, True)
+        reference = {c: torch.tensor(v) for c, v in sel.items()}
+        v1, v2 = coral_vector(feats, reference, bank_in), coral_vector(feats2, reference, bank_in)
+        index, valid = select_per_class_fixed(labels, conf, 2, 5)
+        bank, bank_valid = anchor_bank(bank_in, 2, feats)
+        d1, pair_valid = coral_matrix(feats, index, valid, bank, bank_valid)
+        d2, _ = coral_matrix(feats2, index, valid, bank, bank_valid)
+        assert v1 is not None and v2 is not None
+        assert torch.allclose(d1[pair_valid], v1, rtol=1e-10) and torch.allclose(d2[pair_valid], v2, rtol=1e-10)
+        expected = coral_consistency_loss(v1, v2)
+        assert torch.allclose(masked_coral_consistency_loss(d1, d2, pair_valid), expected, rtol=1e-10)
+    # nothing formed: 0 with finite zero gradients (the step still reaches every head parameter)
+    f = feats.clone().requires_grad_(True)
+    index, valid = select_per_class_fixed(pseudo, conf, 2, 5)
+    bank, bank_valid = anchor_bank({}, 2, f)
+    d, pair_valid = coral_matrix(f, index, valid, bank, bank_valid)
+    loss = masked_coral_consistency_loss(d, d, pair_valid)
+    loss.backward()
+    assert loss.item() == 0.0 and not pair_valid.any() and bool((f.grad == 0).all())

@@ -13,9 +13,11 @@ from torch import Tensor, nn
 from medssl.errors import MedsslInputError
 from medssl.methods import METHODS, SemiBatch, SemiMethod, create_method
 from medssl.methods import corn as corn_module
+from medssl.methods.base import log_values
 from medssl.methods.losses import LN2
 from medssl.methods.mean_teacher import MeanTeacherMethod
 from medssl.methods.ramps import sigmoid_rampup
+from medssl.runtime.host_sync import count_host_reads
 
 S = 16  # volume side (divisible by 16)
 NET = {"base_width": 4}
@@ -88,7 +90,10 @@ def test_training_step_and_state_round_trip(name: str, tmp_path) -> None:
     out = method.training_step(batch, 0)
     assert out.loss.ndim == 0 and math.isfinite(out.loss.item())
     assert set(out.logs) == EXPECTED_KEYS[name]
-    assert all(isinstance(v, float) and math.isfinite(v) for v in out.logs.values())
+    # device values stay detached tensors (no host read inside the step); host values are floats
+    assert all((isinstance(v, Tensor) and v.ndim == 0 and not v.requires_grad) or isinstance(v, float)
+               for v in out.logs.values())
+    assert all(math.isfinite(v) for v in log_values(out.logs).values())
     out.loss.backward()
     trainable = list(method.trainable_parameters())
     assert trainable and all(p.grad is not None for p in trainable)
@@ -112,7 +117,7 @@ def test_training_step_and_state_round_trip(name: str, tmp_path) -> None:
     out_a = method.training_step(batch2, 1)
     torch.set_rng_state(rng)
     out_b = restored.training_step(batch2, 1)
-    assert out_a.logs == out_b.logs
+    assert log_values(out_a.logs) == log_values(out_b.logs)
     out_a.loss.backward()
     out_b.loss.backward()
     for pa, pb in zip(method.trainable_parameters(), restored.trainable_parameters(), strict=True):
@@ -141,9 +146,10 @@ def test_uamt_logs_threshold_and_masked_consistency() -> None:
     torch.manual_seed(0)
     method = create_method("ua_mt", {**CONFIGS["ua_mt"], "max_iterations": 6000})
     out = method.training_step(make_batch(3), 3000)
-    assert math.isclose(out.logs["threshold"], (0.75 + 0.25 * sigmoid_rampup(3000, 6000)) * LN2)
-    assert 0.0 <= out.logs["certain_frac"] <= 1.0
-    assert math.isclose(out.logs["w_cons"], 0.1 * math.exp(-5 * 0.25))
+    logs = log_values(out.logs)
+    assert math.isclose(logs["threshold"], (0.75 + 0.25 * sigmoid_rampup(3000, 6000)) * LN2)
+    assert 0.0 <= logs["certain_frac"] <= 1.0
+    assert math.isclose(logs["w_cons"], 0.1 * math.exp(-5 * 0.25))
 
 
 class ForcedPredictions(nn.Module):
@@ -176,13 +182,13 @@ def forced(name: str, **overrides) -> tuple[SemiMethod, Tensor]:
 def test_corn_pool_holds_only_voxels_both_branches_got_right(monkeypatch) -> None:
     method, flip = forced("corn")
     ks: list[int] = []
-    real_select = corn_module.select_per_class
+    real_select = corn_module.select_per_class_fixed
 
     def spy(pseudo, conf, n_classes, k, both_ends=True):
         ks.append(k)
         return real_select(pseudo, conf, n_classes, k, both_ends)
 
-    monkeypatch.setattr(corn_module, "select_per_class", spy)
+    monkeypatch.setattr(corn_module, "select_per_class_fixed", spy)
     # the pool update runs before the step's training-mode pass changes the heads' running statistics
     heads = (copy.deepcopy(method.projection1).eval(), copy.deepcopy(method.projection2).eval())
     batch = make_batch(4)
@@ -209,8 +215,9 @@ def test_corn_pool_holds_only_voxels_both_branches_got_right(monkeypatch) -> Non
     # batch norm of the projection heads ran in training mode once (the unlabeled pass) and never
     # for the pool update (eval mode)
     assert int(method.projection1[1].num_batches_tracked) == 1
-    assert out.logs["coral_terms"] == 4.0 and out.logs["anchor_classes"] == 2.0
-    assert out.logs["agree_frac"] == 0.5 and out.logs["loss_coral"] > 0.0
+    logs = log_values(out.logs)
+    assert logs["coral_terms"] == 4.0 and logs["anchor_classes"] == 2.0
+    assert logs["agree_frac"] == 0.5 and logs["loss_coral"] > 0.0
     out.loss.backward()
     for head in (method.projection1, method.projection2, method.prediction1, method.prediction2):
         assert all(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in head.parameters())
@@ -219,8 +226,9 @@ def test_corn_pool_holds_only_voxels_both_branches_got_right(monkeypatch) -> Non
 def test_corn_skips_ccm_without_anchors() -> None:
     method, _ = forced("corn", anchors_per_half=10 ** 6)
     out = method.training_step(make_batch(5), 0)
-    assert out.logs["anchor_classes"] == 0.0 and out.logs["coral_terms"] == 0.0
-    assert out.logs["loss_coral"] == 0.0 and math.isfinite(out.loss.item())
+    logs = log_values(out.logs)
+    assert logs["anchor_classes"] == 0.0 and logs["coral_terms"] == 0.0
+    assert logs["loss_coral"] == 0.0 and math.isfinite(out.loss.item())
     out.loss.backward()
     head_grads = [p.grad for p in method.prediction1.parameters()]
     assert all(g is not None and bool((g == 0).all()) for g in head_grads)
@@ -230,7 +238,7 @@ def test_corn_paper_variants_and_chunked_experiment_run() -> None:
     method, _ = forced("corn", sup_loss="ce", cross_loss="cps", coral_variant="chunked", chunk_size=16,
                        pool_fusion="momentum", embed_dim=8)
     out = method.training_step(make_batch(6), 0)
-    assert math.isfinite(out.loss.item()) and out.logs["coral_terms"] > 0
+    assert math.isfinite(out.loss.item()) and log_values(out.logs)["coral_terms"] > 0
     out = method.training_step(make_batch(7), 1)  # second update blends into existing slots
     assert math.isfinite(out.loss.item())
 
@@ -239,5 +247,34 @@ def test_caml_correlation_rows() -> None:
     method, _ = forced("caml")
     out = method.training_step(make_batch(8), 0)
     # top num_filtered agreeing voxels of each of the two pseudo-classes
-    assert out.logs["corr_terms"] == 2.0 * POOLED["num_filtered"]
-    assert out.logs["loss_corr"] > 0.0
+    logs = log_values(out.logs)
+    assert logs["corr_terms"] == 2.0 * POOLED["num_filtered"]
+    assert logs["loss_corr"] > 0.0
+
+
+@pytest.mark.parametrize("name", ["supervised", "mean_teacher", "ua_mt", "dual_branch"])
+def test_plain_methods_never_read_the_host(name: str) -> None:
+    torch.manual_seed(0)
+    method = create_method(name, CONFIGS[name]).train()
+    with count_host_reads() as reads:
+        out = method.training_step(make_batch(1), 0)
+    assert reads.events == []
+    assert set(log_values(out.logs)) == set(out.logs)
+
+
+def test_corn_step_reads_the_host_once() -> None:
+    # POOLED: a 0.1 MiB pool, so the slots are subsampled and the subsampling draws run as well
+    torch.manual_seed(0)
+    method = create_method("corn", CONFIGS["corn"]).train()
+    method.training_step(make_batch(1), 0)  # fills the pool: the second step also samples anchors
+    with count_host_reads() as reads:
+        out = method.training_step(make_batch(2), 1)
+    assert log_values(out.logs)["coral_terms"] > 0 and log_values(out.logs)["anchor_classes"] > 0
+    device_reads = [e for e in reads.events if "feature_pool.py" not in e]
+    # the one read: the agreeing-voxel count and the pool's per-class counts and slot keys, together
+    assert len(device_reads) == 1 and device_reads[0].startswith("tolist at pooled.py"), reads.events
+    # the rest are the pool's rejection sampler on its CPU generator (host tensors: no device wait)
+    with count_host_reads() as sampler_reads:
+        method.pool.sample_anchors()
+    assert len(sampler_reads) == len(reads) - 1
+    assert all("feature_pool.py" in e for e in sampler_reads.events)

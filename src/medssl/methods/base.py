@@ -18,7 +18,7 @@ pool and its random generator); that state holds only tensors, lists, dicts and 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -77,11 +77,19 @@ class StepOutput:
 
     Attributes:
         loss: scalar tensor to backpropagate.
-        logs: every loss term and ramp weight as plain floats (e.g. ``loss_sup``, ``loss_cons``, ``w_cons``).
+        logs: every loss term and ramp weight (e.g. ``loss_sup``, ``loss_cons``, ``w_cons``): detached 0-dim
+            tensors for values computed on the device (so that a step never waits for the device) and
+            Python floats for host-side values; the training loop converts them on log steps only
+            (:func:`log_values`).
     """
 
     loss: Tensor
-    logs: dict[str, float]
+    logs: dict[str, float | Tensor]
+
+
+def log_values(logs: Mapping[str, float | Tensor]) -> dict[str, float]:
+    """``logs`` as Python floats (reads every tensor back from its device: call it on log steps only)."""
+    return {k: float(v.detach().float().item()) if isinstance(v, Tensor) else float(v) for k, v in logs.items()}
 
 
 class SemiMethod(nn.Module):
@@ -151,4 +159,4 @@ SupLoss = Literal["dice", "ce"]
 CrossLoss = Literal["mse_sharpen", "cps"]
 
 __all__ = ["CrossLoss", "MethodConfig", "NetworkConfig", "SemiBatch", "SemiMethod", "StepOutput", "SupLoss",
-           "check_batch", "eval_mode", "make_dual_vnet", "make_vnet", "touch_parameters"]
+           "check_batch", "eval_mode", "log_values", "make_dual_vnet", "make_vnet", "touch_parameters"]

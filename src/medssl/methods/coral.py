@@ -51,6 +51,45 @@ def select_top_bottom(conf: Tensor, k: int) -> Tensor:
     return torch.cat([order[:k], order[order.numel() - k:]])
 
 
+def select_per_class_fixed(pseudo: Tensor, conf: Tensor, n_classes: int, k: int,
+                           both_ends: bool = True) -> tuple[Tensor, Tensor]:
+    """Per pseudo-class selection by confidence as fixed-size tensors (no host synchronisation).
+
+    The same rows, in the same order, as :func:`select_top_bottom` / :func:`select_top` applied to each
+    class's rows: one stable descending sort of ``conf`` and one stable sort by class put every class's
+    rows in descending confidence (ties in original order); the selected positions are computed from the
+    per-class counts on the device.
+
+    Args:
+        pseudo: (N,) pseudo-labels in ``0..n_classes - 1``.
+        conf: (N,) confidences used for ranking.
+        n_classes: number of classes C.
+        k: rows kept at each end (``both_ends``) or at the top.
+        both_ends: top and bottom ``k`` (CORN) instead of the top ``k`` (correlation baseline).
+
+    Returns:
+        ``(index, valid)``: (C, m) row indices into the N rows and (C, m) bool, ``m = 2k`` (or ``k``);
+        row ``c`` lists class c's selection in order, ``valid`` marks the entries that exist.
+    """
+    k = max(int(k), 0)
+    m = 2 * k if both_ends else k
+    n = pseudo.numel()
+    by_conf = torch.sort(conf.reshape(-1), descending=True, stable=True).indices
+    order = by_conf[torch.sort(pseudo.reshape(-1)[by_conf], stable=True).indices]  # class-major
+    counts = torch.bincount(pseudo.reshape(-1), minlength=n_classes)[:n_classes]
+    start = torch.cumsum(counts, 0) - counts
+    j = torch.arange(m, device=pseudo.device)
+    take = torch.minimum(counts, torch.full_like(counts, m))[:, None]
+    position = j[None, :].expand(n_classes, m)
+    if both_ends:  # more than 2k rows: the second k come from the end of the class's block
+        tail = (counts[:, None] > m) & (j[None, :] >= k)
+        position = torch.where(tail, counts[:, None] - m + j[None, :], position)
+    valid = j[None, :] < take
+    index = order[(start[:, None] + position).clamp(max=max(n - 1, 0))] if n else \
+        torch.zeros((n_classes, m), dtype=torch.long, device=pseudo.device)
+    return index, valid
+
+
 def select_per_class(pseudo: Tensor, conf: Tensor, n_classes: int, k: int,
                      both_ends: bool = True) -> dict[int, Tensor]:
     """Per pseudo-class selection of rows by confidence.
@@ -63,18 +102,12 @@ def select_per_class(pseudo: Tensor, conf: Tensor, n_classes: int, k: int,
         both_ends: top and bottom ``k`` (CORN) instead of the top ``k`` (correlation baseline).
 
     Returns:
-        class -> (n_i,) indices into the N rows, for every class with at least one row.
+        class -> (n_i,) indices into the N rows, for every class with at least one row (reads the
+        per-class sizes on the host; :func:`select_per_class_fixed` is the synchronisation-free form).
     """
-    rows = torch.arange(pseudo.numel(), device=pseudo.device)
-    out: dict[int, Tensor] = {}
-    for c in range(n_classes):
-        mask = pseudo == c
-        if not bool(mask.any()):
-            continue
-        idx = rows[mask]
-        pick = select_top_bottom(conf[mask], k) if both_ends else select_top(conf[mask], k)
-        out[c] = idx[pick]
-    return out
+    index, valid = select_per_class_fixed(pseudo, conf, n_classes, k, both_ends)
+    sizes = valid.sum(dim=1).tolist()
+    return {c: index[c, :size] for c, size in enumerate(sizes) if size > 0}
 
 
 def coral_vector(features: Tensor, selections: Mapping[int, Tensor],
@@ -103,6 +136,75 @@ def coral_vector(features: Tensor, selections: Mapping[int, Tensor],
                 continue
             values.append(coral_distance(chosen, anchors[a].to(chosen.dtype)))
     return torch.stack(values) if values else None
+
+
+def masked_covariance(x: Tensor, valid: Tensor) -> Tensor:
+    """Unbiased covariances (G, d, d) of the valid rows of each group of ``x`` (G, m, d); ``valid`` (G, m)
+    bool. A group with fewer than two valid rows gets a finite placeholder (its rows over max(n - 1, 1))."""
+    w = valid.to(x.dtype)[..., None]
+    n = w.sum(dim=1, keepdim=True)                                  # (G, 1, 1)
+    mean = (x * w).sum(dim=1, keepdim=True) / n.clamp(min=1)
+    centred = (x - mean) * w
+    return centred.transpose(1, 2) @ centred / (n - 1).clamp(min=1)
+
+
+def coral_matrix(features: Tensor, index: Tensor, valid: Tensor, anchors: Tensor,
+                 anchor_valid: Tensor) -> tuple[Tensor, Tensor]:
+    """CORAL distances of every (pseudo-class, anchor-class) pair as fixed-size tensors.
+
+    Args:
+        features: (N, d) unlabeled features.
+        index, valid: (U, m) selected rows per pseudo-class (see :func:`select_per_class_fixed`).
+        anchors: (A, n_a, d) anchor features per anchor class.
+        anchor_valid: (A,) bool, the anchor classes the pool supplied (at least two rows each).
+
+    Returns:
+        ``(distances, pair_valid)``: (U * A,) in the order (u0,a0), (u0,a1), (u1,a0), ... and (U * A,)
+        bool, true where the pseudo-class has at least two selected rows and the anchor class exists.
+        Valid entries equal :func:`coral_distance` to float rounding.
+    """
+    d = features.shape[1]
+    cov_u = masked_covariance(features[index], valid)                                     # (U, d, d)
+    cov_a = masked_covariance(anchors.to(features.dtype),
+                              torch.ones(anchors.shape[:2], dtype=torch.bool, device=anchors.device))
+    dist = ((cov_u[:, None] - cov_a[None]) ** 2).sum(dim=(2, 3)) / (4.0 * d * d)         # (U, A)
+    pair_valid = (valid.sum(dim=1) >= MIN_ROWS)[:, None] & anchor_valid.to(valid.device)[None, :]
+    return dist.reshape(-1), pair_valid.reshape(-1)
+
+
+def anchor_bank(anchors: Mapping[int, Tensor], n_classes: int, like: Tensor) -> tuple[Tensor, Tensor]:
+    """Anchors as one fixed-size tensor: (C, n, d) rows per class (zeros for an absent class) and (C,) bool.
+
+    The classes present are known on the host (the pool decides them from its counts), so building the
+    bank reads nothing back from the device. Every present class must have the same number n of rows
+    (the pool's ``2 * anchors_per_half``); classes with fewer than two rows count as absent.
+    """
+    present = {c: a for c, a in anchors.items() if a.shape[0] >= MIN_ROWS}
+    sizes = {a.shape[0] for a in present.values()}
+    if len(sizes) > 1:
+        raise ValueError(f"anchor classes differ in size: {sorted(sizes)}")
+    n = sizes.pop() if sizes else MIN_ROWS
+    bank = like.new_zeros((n_classes, n, like.shape[1]))
+    for c, a in present.items():
+        bank[c] = a.to(like.dtype)
+    valid = torch.tensor([c in present for c in range(n_classes)], device=like.device)
+    return bank, valid
+
+
+def masked_coral_consistency_loss(vec1: Tensor, vec2: Tensor, valid: Tensor, detach_target: bool = False) -> Tensor:
+    """:func:`coral_consistency_loss` over the ``valid`` entries of (P,) vectors, without host reads.
+
+    Invalid entries take no part: they are pushed out of the softmax (weight exactly 0) and out of the sum,
+    and the length divisor is the number of valid entries. With no valid entry the loss is 0 with zero
+    (finite) gradients.
+    """
+    if vec1.shape != vec2.shape or vec1.shape != valid.shape:
+        raise ValueError(f"CORAL vectors differ in shape: {tuple(vec1.shape)}, {tuple(vec2.shape)}, "
+                         f"{tuple(valid.shape)}")
+    target = vec2.detach() if detach_target else vec2
+    logits = vec1.masked_fill(~valid, torch.finfo(vec1.dtype).min)
+    terms = torch.where(valid, target * torch.log_softmax(logits, dim=0), torch.zeros_like(vec1))
+    return -terms.sum() / valid.sum().clamp(min=1)
 
 
 def coral_consistency_loss(vec1: Tensor, vec2: Tensor, detach_target: bool = False) -> Tensor:
@@ -153,5 +255,6 @@ def chunked_coral_loss(logits1: Tensor, logits2: Tensor) -> Tensor:
     return 0.5 * (ce12 + ce21) / n
 
 
-__all__ = ["MIN_ROWS", "chunked_coral_loss", "coral_chunk_logits", "coral_consistency_loss", "coral_distance",
-           "coral_vector", "covariance", "select_per_class", "select_top", "select_top_bottom"]
+__all__ = ["MIN_ROWS", "anchor_bank", "chunked_coral_loss", "coral_chunk_logits", "coral_consistency_loss", "coral_distance",
+           "coral_matrix", "coral_vector", "covariance", "masked_coral_consistency_loss", "masked_covariance",
+           "select_per_class", "select_per_class_fixed", "select_top", "select_top_bottom"]

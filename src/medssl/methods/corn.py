@@ -20,11 +20,13 @@ from torch import Tensor
 
 from medssl.methods.base import MethodConfig
 from medssl.methods.coral import (
+    anchor_bank,
     chunked_coral_loss,
     coral_chunk_logits,
-    coral_consistency_loss,
-    coral_vector,
+    coral_matrix,
+    masked_coral_consistency_loss,
     select_per_class,
+    select_per_class_fixed,
 )
 from medssl.methods.pooled import PooledConfig, PooledDualBranchMethod
 
@@ -52,20 +54,23 @@ class CornMethod(PooledDualBranchMethod):
         return self.config.coral_weight
 
     def correlation_loss(self, f1: Tensor, f2: Tensor, pseudo: Tensor, conf: Tensor,
-                         anchors: dict[int, Tensor]) -> tuple[Tensor | None, int]:
+                         anchors: dict[int, Tensor]) -> tuple[Tensor | None, Tensor | int]:
         cfg = self.config
-        selections = select_per_class(pseudo, conf, cfg.network.n_classes, cfg.num_filtered // 4, both_ends=True)
+        n_classes = cfg.network.n_classes
         if cfg.coral_variant == "chunked":
+            selections = select_per_class(pseudo, conf, n_classes, cfg.num_filtered // 4, both_ends=True)
             l1 = coral_chunk_logits(f1, selections, anchors, cfg.chunk_size, cfg.chunk_temperature)
             l2 = coral_chunk_logits(f2, selections, anchors, cfg.chunk_size, cfg.chunk_temperature)
             if l1 is None or l2 is None:
                 return None, 0
             return chunked_coral_loss(l1, l2), int(l1.numel())
-        v1 = coral_vector(f1, selections, anchors)
-        v2 = coral_vector(f2, selections, anchors)
-        if v1 is None or v2 is None:
-            return None, 0
-        return coral_consistency_loss(v1, v2, detach_target=cfg.detach_target), int(v1.numel())
+        # published vector: fixed-size selections and CORAL terms, no host reads
+        index, valid = select_per_class_fixed(pseudo, conf, n_classes, cfg.num_filtered // 4, both_ends=True)
+        bank, bank_valid = anchor_bank(anchors, n_classes, f1)
+        d1, pair_valid = coral_matrix(f1, index, valid, bank, bank_valid)
+        d2, _ = coral_matrix(f2, index, valid, bank, bank_valid)
+        loss = masked_coral_consistency_loss(d1, d2, pair_valid, detach_target=cfg.detach_target)
+        return loss, pair_valid.sum().to(loss.dtype)
 
 
 __all__ = ["CornConfig", "CornMethod"]

@@ -91,8 +91,8 @@ class DualBranchMethod(SemiMethod):
         sup, cons, _, _ = self.base_losses(logits1, logits2, batch)
         w_cons = self.ramp(iteration, self.config.cons_weight)
         loss = self.config.sup_weight * sup + w_cons * cons
-        return StepOutput(loss, {"loss": float(loss.detach()), "loss_sup": float(sup.detach()),
-                                 "loss_cons": float(cons.detach()), "w_cons": w_cons})
+        return StepOutput(loss, {"loss": loss.detach(), "loss_sup": sup.detach(),
+                                 "loss_cons": cons.detach(), "w_cons": w_cons})
 
     def segmentation_network(self) -> nn.Module:
         return self.net.branch1

@@ -30,13 +30,17 @@ per-class mixture instead: the new block keeps ``round(momentum * m)`` randomly 
 the rest with new rows, so the stored distribution is a 0.9 / 0.1 mixture of old and new.
 
 All random draws use the pool's own CPU ``torch.Generator`` (or one passed in), whose state is part of
-the pool's state dict, so resumed runs draw the same anchors. Subsampling a slot draws one seed from it
-for a generator on the features' device, so large subsets are chosen where the features live.
+the pool's state dict, so resumed runs draw the same anchors.
+
+No host synchronisation: the per-class row counts are Python integers (the caller hands them over with
+the features, see :meth:`FeaturePool.update_grouped`), every random draw is made on the CPU generator
+and only its indices travel to the features' device, and anchor rows are gathered with fixed-size
+masked operations. Nothing in an update or a draw converts a device tensor to a Python number.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -45,6 +49,8 @@ from torch import Tensor, nn
 from medssl.errors import MedsslInputError
 
 Fusion = Literal["replace", "momentum"]
+#: ``rows_of(index)``: the (k, d) features of rows ``index`` (CPU int64, (k,)) of a block grouped by class.
+RowSource = Callable[[Tensor], Tensor]
 FEATURE_DTYPE = torch.float32
 
 
@@ -118,9 +124,9 @@ class FeaturePool(nn.Module):
                                    f"{self.n_slots} slots")
         self.generator = torch.Generator()
         self.generator.manual_seed(torch.initial_seed() if seed is None else int(seed))
-        self._feats: dict[int, Tensor] = {}   # key -> (m, d), rows grouped by class
-        self._stored: dict[int, Tensor] = {}  # key -> (C,) stored rows per class (CPU int64)
-        self._full: dict[int, Tensor] = {}    # key -> (C,) rows per class before subsampling (CPU int64)
+        self._feats: dict[int, Tensor] = {}      # key -> (m, d), rows grouped by class
+        self._stored: dict[int, list[int]] = {}  # key -> C stored rows per class
+        self._full: dict[int, list[int]] = {}    # key -> C rows per class before subsampling
 
     # ----------------------------------------------------------------------------------- inspection
     def _table_bytes(self) -> int:
@@ -137,38 +143,29 @@ class FeaturePool(nn.Module):
         return feats + len(self._feats) * self._table_bytes()
 
     def class_counts(self, key: int) -> tuple[Tensor, Tensor]:
-        """``(stored, full)`` per-class row counts (C,) of slot ``key``."""
-        return self._stored[int(key)].clone(), self._full[int(key)].clone()
+        """``(stored, full)`` per-class row counts (C,) of slot ``key`` (CPU int64)."""
+        return torch.tensor(self._stored[int(key)]), torch.tensor(self._full[int(key)])
 
     def slot_contents(self, key: int) -> tuple[Tensor, Tensor]:
         """Stored ``(features (m, d), labels (m,))`` of slot ``key``, grouped by class."""
         key = int(key)
-        labels = torch.repeat_interleave(torch.arange(self.n_classes), self._stored[key])
+        labels = torch.repeat_interleave(torch.arange(self.n_classes), torch.tensor(self._stored[key]))
         return self._feats[key], labels.to(self._feats[key].device)
 
     # ----------------------------------------------------------------------------------- update
-    def _allocation(self, counts: Tensor) -> Tensor:
-        """Rows kept per class for a slot with ``counts`` (C,) rows: all of them, or a stratified share."""
-        total = int(counts.sum())
+    def _allocation(self, counts: list[int]) -> list[int]:
+        """Rows kept per class for a slot with ``counts`` rows per class: all, or a stratified share."""
+        total = sum(counts)
         if total <= self.slot_capacity:
-            return counts.clone()
-        share = torch.div(counts * self.slot_capacity, total, rounding_mode="floor").clamp(min=1)
-        return torch.where(counts > 0, torch.minimum(share, counts), torch.zeros_like(counts))
+            return list(counts)
+        return [min(max(n * self.slot_capacity // total, 1), n) if n > 0 else 0 for n in counts]
 
     def _follow_device(self, device: torch.device) -> None:
         if device != self.device:
             self._feats = {k: f.to(device) for k, f in self._feats.items()}
             self.device = device
 
-    def update(self, key: int, feats: Tensor, labels: Tensor, generator: torch.Generator | None = None) -> None:
-        """Replace (or, with momentum fusion, blend) slot ``key`` with ``feats`` (n, d) of class ``labels`` (n,).
-
-        Raises:
-            MedsslInputError: when more distinct keys arrive than ``n_slots``, or a key outside the
-                configured slot keys.
-        """
-        g = self.generator if generator is None else generator
-        key = int(key)
+    def _check_key(self, key: int) -> None:
         if self.slot_keys is not None and key not in self.slot_keys:
             raise MedsslInputError("feature pool", f"dataset index {key} is not one of the labeled volumes "
                                    f"{sorted(self.slot_keys)}")
@@ -176,103 +173,130 @@ class FeaturePool(nn.Module):
             raise MedsslInputError("feature pool", f"dataset index {key} would be labeled volume number "
                                    f"{len(self._feats) + 1}, but the pool has {self.n_slots} slots "
                                    "(set n_labeled to the number of labeled volumes)")
+
+    def update(self, key: int, feats: Tensor, labels: Tensor, generator: torch.Generator | None = None) -> None:
+        """Replace (or, with momentum fusion, blend) slot ``key`` with ``feats`` (n, d) of class ``labels`` (n,).
+
+        Convenience form of :meth:`update_grouped` that groups the rows itself (one host read of the
+        class counts).
+
+        Raises:
+            MedsslInputError: when more distinct keys arrive than ``n_slots``, or a key outside the
+                configured slot keys.
+        """
         if feats.ndim != 2 or feats.shape[1] != self.feat_dim or labels.numel() != feats.shape[0]:
             raise ValueError(f"expected ({labels.numel()}, {self.feat_dim}) features, got {tuple(feats.shape)}")
-        self._follow_device(feats.device)
-        feats = feats.detach().to(FEATURE_DTYPE)
         labels = labels.reshape(-1).to(device=feats.device, dtype=torch.long)
-        counts = torch.bincount(labels, minlength=self.n_classes).cpu()
-        if counts.numel() > self.n_classes:
+        counts = torch.bincount(labels, minlength=self.n_classes).tolist()
+        if len(counts) > self.n_classes:
             raise ValueError(f"labels must be in 0..{self.n_classes - 1}")
-        order = torch.argsort(labels, stable=True)
-        offsets = torch.cumsum(counts, 0) - counts
+        grouped = feats[torch.argsort(labels, stable=True)]
+        self.update_grouped(key, lambda rows: grouped[rows.to(grouped.device)], counts, generator)
+
+    def update_grouped(self, key: int, rows_of: RowSource, counts: Sequence[int],
+                       generator: torch.Generator | None = None) -> None:
+        """Replace (or blend) slot ``key`` with rows grouped by class, computing only the rows it keeps.
+
+        Args:
+            key: dataset index of the labeled volume.
+            rows_of: ``rows_of(index)`` returns the (k, d) features of the rows ``index`` (CPU int64, (k,))
+                of the grouped block (the ``counts[0]`` rows of class 0 first, then class 1, ...); it is
+                called once per update with the rows the slot keeps, so features of rows a subsampled
+                slot drops are never computed.
+            counts: C Python integers, the rows per class.
+            generator: CPU generator for the subsampling draws (default: the pool's).
+        """
+        g = self.generator if generator is None else generator
+        key = int(key)
+        self._check_key(key)
+        counts = [int(n) for n in counts]
+        if len(counts) != self.n_classes:
+            raise ValueError(f"expected {self.n_classes} class counts, got {counts}")
+        offsets = _offsets(counts)
         alloc = self._allocation(counts)
         if self.fusion == "momentum" and key in self._feats:
-            block, stored = self._blend(key, feats, order, counts, offsets, alloc, g)
-        elif torch.equal(alloc, counts):
-            block, stored = feats[order], alloc
+            block, stored = self._blend(key, rows_of, counts, offsets, alloc, g)
         else:
-            gd = self._device_generator(g, feats.device)
-            picks = [int(offsets[c]) + self._pick(int(counts[c]), int(alloc[c]), gd, feats.device)
-                     for c in range(self.n_classes)]
-            block, stored = feats[order[torch.cat(picks)]], alloc
+            picks = [offsets[c] + _pick(counts[c], alloc[c], g) for c in range(self.n_classes)]
+            block, stored = self._rows(rows_of, torch.cat(picks)), alloc
+        self._follow_device(block.device)
         self._feats[key] = block
         self._stored[key] = stored
         self._full[key] = counts
 
-    @staticmethod
-    def _device_generator(g: torch.Generator, device: torch.device) -> torch.Generator:
-        """A generator on ``device`` seeded by one draw from ``g`` (so ``g``'s state still decides everything)."""
-        gd = torch.Generator(device=device)
-        gd.manual_seed(int(torch.randint(2**62, (1,), generator=g)))
-        return gd
+    def _rows(self, rows_of: RowSource, index: Tensor) -> Tensor:
+        feats = rows_of(index).detach().to(FEATURE_DTYPE)
+        if feats.shape != (index.numel(), self.feat_dim):
+            raise ValueError(f"expected ({index.numel()}, {self.feat_dim}) features, got {tuple(feats.shape)}")
+        return feats
 
-    @staticmethod
-    def _pick(n: int, m: int, gd: torch.Generator, device: torch.device) -> Tensor:
-        """Indices (on ``device``) of ``m`` of ``n`` rows: all in order, or a sorted uniform subset."""
-        if m >= n:
-            return torch.arange(n, device=device)
-        return torch.sort(torch.randperm(n, generator=gd, device=device)[:m]).values
-
-    def _blend(self, key: int, feats: Tensor, order: Tensor, counts: Tensor, offsets: Tensor, alloc: Tensor,
-               g: torch.Generator) -> tuple[Tensor, Tensor]:
+    def _blend(self, key: int, rows_of: RowSource, counts: list[int], offsets: list[int], alloc: list[int],
+               g: torch.Generator) -> tuple[Tensor, list[int]]:
         old, old_stored = self._feats[key], self._stored[key]
-        old_offsets = torch.cumsum(old_stored, 0) - old_stored
-        gd, dev = self._device_generator(g, feats.device), feats.device
-        parts: list[Tensor] = []
-        stored = torch.zeros_like(alloc)
+        old_offsets = _offsets(old_stored)
+        old_parts: list[Tensor] = []
+        new_parts: list[Tensor] = []
+        stored = [0] * self.n_classes
         for c in range(self.n_classes):
-            m = int(alloc[c])
+            m = alloc[c]
             if m == 0:
                 continue
-            n_old = min(int(old_stored[c]), round(self.momentum * m))
-            n_new = min(int(counts[c]), m - n_old)
-            old_idx = int(old_offsets[c]) + self._pick(int(old_stored[c]), n_old, gd, dev)
-            new_idx = int(offsets[c]) + self._pick(int(counts[c]), n_new, gd, dev)
-            parts += [old[old_idx], feats[order[new_idx]]]
+            n_old = min(old_stored[c], round(self.momentum * m))
+            n_new = min(counts[c], m - n_old)
+            old_parts.append(old_offsets[c] + _pick(old_stored[c], n_old, g))
+            new_parts.append(offsets[c] + _pick(counts[c], n_new, g))
             stored[c] = n_old + n_new
-        block = torch.cat(parts) if parts else feats.new_zeros((0, self.feat_dim))
+        if not old_parts:
+            return old.new_zeros((0, self.feat_dim)), stored
+        new = self._rows(rows_of, torch.cat(new_parts)).to(old.device)
+        old_rows = old[torch.cat(old_parts).to(old.device)]
+        # class by class: that class's old rows, then its new rows
+        sizes = [(o.numel(), n.numel()) for o, n in zip(old_parts, new_parts, strict=True)]
+        old_split = torch.split(old_rows, [a for a, _ in sizes])
+        new_split = torch.split(new, [b for _, b in sizes])
+        block = torch.cat([t for pair in zip(old_split, new_split, strict=True) for t in pair])
         return block, stored
 
     # ----------------------------------------------------------------------------------- sampling
     def sample_anchors(self, generator: torch.Generator | None = None,
                        device: torch.device | str | None = None) -> dict[int, Tensor]:
         """Anchors per class: ``class -> (2 * anchors_per_half, d)`` for every class with at least
-        ``2 * anchors_per_half`` features in the whole pool (full counts); other classes are absent."""
+        ``2 * anchors_per_half`` features in the whole pool (full counts); other classes are absent.
+
+        Which classes qualify is decided from the host-side counts; the rows are drawn on the CPU
+        generator and gathered on the pool's device with fixed-size masked operations.
+        """
         g = self.generator if generator is None else generator
         keys = self.keys
-        if not keys:
-            return {}
-        full = torch.stack([self._full[k] for k in keys])      # (S, C)
-        stored = torch.stack([self._stored[k] for k in keys])  # (S, C)
-        offsets = torch.cumsum(stored, 1) - stored
         anchors: dict[int, Tensor] = {}
-        half = self.anchors_per_half
         for c in range(self.n_classes):
-            total = int(full[:, c].sum())
-            if total < 2 * half:
+            if sum(self._full[k][c] for k in keys) < 2 * self.anchors_per_half:
                 continue
-            parts = [self._draw(c, keys, full, stored, offsets, g) for _ in range(2)]
+            parts = [self._draw(c, keys, g) for _ in range(2)]
             anchors[c] = torch.cat(parts) if device is None else torch.cat(parts).to(device)
         return anchors
 
-    def _draw(self, c: int, keys: list[int], full: Tensor, stored: Tensor, offsets: Tensor,
-              g: torch.Generator) -> Tensor:
-        """``anchors_per_half`` rows of class ``c``, uniform without replacement over the full pool."""
+    def _draw(self, c: int, keys: list[int], g: torch.Generator) -> Tensor:
+        """``anchors_per_half`` rows (half, d) of class ``c``, uniform without replacement over the full pool."""
         half = self.anchors_per_half
-        cum = torch.cumsum(full[:, c], 0)
-        virtual = sample_without_replacement(int(cum[-1]), half, g)
+        full = torch.tensor([self._full[k][c] for k in keys])
+        cum = torch.cumsum(full, 0)
+        virtual = sample_without_replacement(int(sum(self._full[k][c] for k in keys)), half, g)
         slot = torch.searchsorted(cum, virtual, right=True)
-        local = virtual - (cum[slot] - full[slot, c])
-        out = torch.empty((half, self.feat_dim), dtype=FEATURE_DTYPE, device=self.device)
-        for s in torch.unique(slot).tolist():
+        local = virtual - (cum[slot] - full[slot])
+        out = torch.zeros((half, self.feat_dim), dtype=FEATURE_DTYPE, device=self.device)
+        for s, key in enumerate(keys):
+            m, n = self._stored[key][c], self._full[key][c]
+            if m == 0:
+                continue
             sel = slot == s
-            n_sel, m, n = int(sel.sum()), int(stored[s, c]), int(full[s, c])
-            if m < n:  # subsampled slot: distinct rows of the stored uniform subset
-                local[sel] = (sample_without_replacement(m, n_sel, g) if n_sel <= m
-                              else torch.randint(m, (n_sel,), generator=g))
-            rows = (offsets[s, c] + local[sel]).to(self.device)
-            out[sel.to(self.device)] = self._feats[keys[s]][rows]
+            rows = local
+            if m < n:  # subsampled slot: distinct rows of the stored uniform subset, in draw order
+                rank = (torch.cumsum(sel, 0) - 1).clamp(min=0)
+                rows = _distinct_draws(m, half, g)[rank]
+            start = _offsets(self._stored[key])[c]
+            rows = (start + rows.clamp(max=m - 1)).to(self.device)
+            out = torch.where(sel.to(self.device)[:, None], self._feats[key][rows], out)
         return out
 
     # ----------------------------------------------------------------------------------- state
@@ -283,8 +307,8 @@ class FeaturePool(nn.Module):
             "geometry": [self.n_slots, self.feat_dim, self.n_classes, self.memory_budget_bytes],
             "keys": keys,
             "feats": [self._feats[k] for k in keys],
-            "stored": [self._stored[k] for k in keys],
-            "full": [self._full[k] for k in keys],
+            "stored": [torch.tensor(self._stored[k]) for k in keys],
+            "full": [torch.tensor(self._full[k]) for k in keys],
             "generator": self.generator.get_state(),
         }
 
@@ -298,9 +322,33 @@ class FeaturePool(nn.Module):
         if feats:
             self.device = feats[0].device
         self._feats = {k: f.to(self.device, FEATURE_DTYPE) for k, f in zip(keys, feats, strict=True)}
-        self._stored = {k: t.cpu().long() for k, t in zip(keys, state["stored"], strict=True)}
-        self._full = {k: t.cpu().long() for k, t in zip(keys, state["full"], strict=True)}
+        self._stored = {k: [int(v) for v in t.tolist()] for k, t in zip(keys, state["stored"], strict=True)}
+        self._full = {k: [int(v) for v in t.tolist()] for k, t in zip(keys, state["full"], strict=True)}
         self.generator.set_state(state["generator"].cpu())
 
 
-__all__ = ["FEATURE_DTYPE", "FeaturePool", "Fusion", "sample_without_replacement"]
+def _offsets(counts: Sequence[int]) -> list[int]:
+    """Start of each class's block in rows grouped by class: exclusive prefix sums of ``counts``."""
+    out, total = [], 0
+    for n in counts:
+        out.append(total)
+        total += n
+    return out
+
+
+def _pick(n: int, m: int, g: torch.Generator) -> Tensor:
+    """Indices (CPU int64, (m,)) of ``m`` of ``n`` rows: all in order, or a sorted uniform subset."""
+    if m >= n:
+        return torch.arange(n)
+    return torch.sort(torch.randperm(n, generator=g)[:m]).values
+
+
+def _distinct_draws(m: int, k: int, g: torch.Generator) -> Tensor:
+    """``k`` draws (CPU int64) from ``range(m)``: distinct while ``k <= m``; beyond that the first ``m``
+    are a permutation and the rest uniform with replacement."""
+    if k <= m:
+        return sample_without_replacement(m, k, g)
+    return torch.cat([torch.randperm(m, generator=g), torch.randint(m, (k - m,), generator=g)])
+
+
+__all__ = ["FEATURE_DTYPE", "FeaturePool", "Fusion", "RowSource", "sample_without_replacement"]

@@ -67,8 +67,8 @@ class MeanTeacherMethod(SemiMethod):
     def _supervised(self, logits: Tensor, batch: SemiBatch) -> tuple[Tensor, dict[str, float]]:
         lbs = batch.labeled_bs
         sup, ce, dice = ce_dice_loss(logits[:lbs], batch.label[:lbs])
-        return sup, {"loss_sup": float(sup.detach()), "loss_ce": float(ce.detach()),
-                     "loss_dice": float(dice.detach())}
+        return sup, {"loss_sup": sup.detach(), "loss_ce": ce.detach(),
+                     "loss_dice": dice.detach()}
 
     def training_step(self, batch: SemiBatch, iteration: int) -> StepOutput:
         check_batch(batch, need_unlabeled=True)
@@ -81,7 +81,7 @@ class MeanTeacherMethod(SemiMethod):
         cons = softmax_mse(logits[lbs:], teacher_logits).mean()
         w = ramp_weight(iteration, self.config.cons_weight, self.config.rampup_length, self.config.ramp_unit)
         loss = sup + w * cons
-        logs.update(loss=float(loss.detach()), loss_cons=float(cons.detach()), w_cons=w)
+        logs.update(loss=loss.detach(), loss_cons=cons.detach(), w_cons=w)
         return StepOutput(loss, logs)
 
     def after_optimizer_step(self, iteration: int) -> None:

@@ -15,6 +15,7 @@ Shared by CORN (CORAL correlation) and its cosine-correlation ablation. Each ste
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -75,7 +76,7 @@ class PooledDualBranchMethod(DualBranchMethod):
         raise NotImplementedError
 
     def correlation_loss(self, f1: Tensor, f2: Tensor, pseudo: Tensor, conf: Tensor,
-                         anchors: dict[int, Tensor]) -> tuple[Tensor | None, int]:
+                         anchors: dict[int, Tensor]) -> tuple[Tensor | None, Tensor | int]:
         """Loss between the branches' unlabeled features ``f1``, ``f2`` (N, d) given branch-1
         ``pseudo``-labels and ``conf``-idences (N,); returns ``(loss or None, number of terms)``."""
         raise NotImplementedError
@@ -86,44 +87,44 @@ class PooledDualBranchMethod(DualBranchMethod):
         return x.movedim(1, -1).reshape(-1, x.shape[1])
 
     @torch.no_grad()
-    def update_pool(self, emb1: Tensor, emb2: Tensor, pred1: Tensor, pred2: Tensor, label: Tensor,
-                    index: Tensor) -> None:
+    def update_pool(self, emb1: Tensor, emb2: Tensor, plan: StepPlan) -> None:
         """Store the projected features of the voxels both branches got right, one slot per labeled row.
+
+        Only the rows a slot keeps are projected (heads in eval mode: batch norm is a per-row affine map,
+        so a row's features do not depend on which other rows are projected with it).
 
         Args:
             emb1, emb2: (L, width, H, W, D) labeled embeddings of the two branches.
-            pred1, pred2: (L, H, W, D) argmax predictions.
-            label: (L, H, W, D) ground truth.
-            index: (L,) dataset indices (slot keys).
+            plan: the step's voxel orders and host-side counts (:func:`plan_step`).
         """
+        rows1, rows2 = self._rows(emb1), self._rows(emb2)
+        n_vox = plan.pool_order.shape[1]
         with eval_mode(self.projection1, self.projection2):
-            for b, key in enumerate(index.tolist()):
-                correct = both_correct_mask(pred1[b], pred2[b], label[b]).reshape(-1)
-                e1 = self._rows(emb1[b:b + 1])[correct]
-                e2 = self._rows(emb2[b:b + 1])[correct]
-                if e1.shape[0]:
-                    feats = (self.projection1(e1) + self.projection2(e2)) / 2
-                else:
-                    feats = e1.new_zeros((0, self.config.embed_dim))
-                self.pool.update(key, feats, label[b].reshape(-1)[correct])
+            for b, key in enumerate(plan.keys):
+                order = plan.pool_order[b] + b * n_vox
+
+                def rows_of(index: Tensor, order: Tensor = order) -> Tensor:
+                    voxels = order[index.to(order.device, non_blocking=True)]
+                    return (self.projection1(rows1[voxels]) + self.projection2(rows2[voxels])) / 2
+
+                self.pool.update_grouped(key, rows_of, plan.pool_counts[b])
 
     def training_step(self, batch: SemiBatch, iteration: int) -> StepOutput:
         check_batch(batch, need_unlabeled=True)
         lbs = batch.labeled_bs
         logits1, logits2, emb1, emb2 = self.net(batch.image)
         sup, cons, p1, p2 = self.base_losses(logits1, logits2, batch)
-        p1d, p2d = p1.detach(), p2.detach()
-        conf1, pred1 = p1d.max(dim=1)
-        pred2 = p2d.argmax(dim=1)
+        conf1, pred1 = p1.detach().max(dim=1)
+        pred2 = p2.detach().max(dim=1).indices  # = argmax (first maximum), without argmax's slow CPU kernel
+        plan = plan_step(pred1, pred2, batch, self.config.network.n_classes)
 
-        self.update_pool(emb1[:lbs], emb2[:lbs], pred1[:lbs], pred2[:lbs], batch.label[:lbs], batch.index[:lbs])
+        self.update_pool(emb1[:lbs], emb2[:lbs], plan)
         anchors = self.pool.sample_anchors(device=batch.image.device)
 
-        agree = agreement_mask(pred1[lbs:], pred2[lbs:]).reshape(-1)
-        n_agree = int(agree.sum())
         corr: Tensor | None = None
-        n_terms = 0
-        if n_agree >= 2:  # batch norm in training mode needs two rows
+        n_terms: Tensor | int = 0
+        if plan.n_agree >= 2:  # batch norm in training mode needs two rows
+            agree = plan.agree_order[:plan.n_agree]  # agreeing unlabeled voxels in voxel order
             f1 = self.prediction1(self.projection1(self._rows(emb1[lbs:])[agree]))
             f2 = self.prediction2(self.projection2(self._rows(emb2[lbs:])[agree]))
             corr, n_terms = self.correlation_loss(f1, f2, pred1[lbs:].reshape(-1)[agree],
@@ -135,11 +136,58 @@ class PooledDualBranchMethod(DualBranchMethod):
         w_corr = self.ramp(iteration, self.correlation_weight())
         loss = self.config.sup_weight * sup + w_cons * cons + w_corr * corr
         key = self.loss_key
-        logs = {"loss": float(loss.detach()), "loss_sup": float(sup.detach()), "loss_cons": float(cons.detach()),
-                f"loss_{key}": float(corr.detach()), "w_cons": w_cons, f"w_{key}": w_corr,
-                f"{key}_terms": float(n_terms), "agree_frac": n_agree / max(agree.numel(), 1),
+        n_unlabeled = plan.agree_order.numel()
+        logs = {"loss": loss.detach(), "loss_sup": sup.detach(), "loss_cons": cons.detach(),
+                f"loss_{key}": corr.detach(), "w_cons": w_cons, f"w_{key}": w_corr,
+                f"{key}_terms": n_terms if isinstance(n_terms, Tensor) else float(n_terms),
+                "agree_frac": plan.n_agree / max(n_unlabeled, 1),
                 "anchor_classes": float(len(anchors)), "pool_bytes": float(self.pool.memory_bytes())}
         return StepOutput(loss, logs)
 
 
-__all__ = ["MIB", "PooledConfig", "PooledDualBranchMethod", "agreement_mask", "both_correct_mask"]
+@dataclass
+class StepPlan:
+    """Voxel orders computed on the device and the few counts the host needs, read in one transfer.
+
+    Attributes:
+        agree_order: (U * V,) unlabeled voxel indices, the agreeing ones first (each group in voxel order).
+        n_agree: number of agreeing unlabeled voxels.
+        pool_order: (L, V) per labeled row, its voxels grouped by class (class 0 first), the voxels
+            either branch got wrong last; voxel order inside each group.
+        pool_counts: per labeled row, the C per-class counts of voxels both branches got right.
+        keys: the labeled rows' dataset indices (feature-pool slot keys).
+    """
+
+    agree_order: Tensor
+    n_agree: int
+    pool_order: Tensor
+    pool_counts: list[list[int]]
+    keys: list[int]
+
+
+def plan_step(pred1: Tensor, pred2: Tensor, batch: SemiBatch, n_classes: int) -> StepPlan:
+    """Orders and counts of one pooled step with a single device-to-host read.
+
+    Args:
+        pred1, pred2: (B, *spatial) argmax predictions of the two branches.
+        batch: the step's batch (labels and dataset indices of the first ``labeled_bs`` rows).
+        n_classes: number of classes C.
+    """
+    lbs = batch.labeled_bs
+    agree = agreement_mask(pred1[lbs:], pred2[lbs:]).reshape(-1)
+    agree_order = torch.sort((~agree).to(torch.uint8), stable=True).indices
+    label = batch.label[:lbs]
+    key = torch.where(both_correct_mask(pred1[:lbs], pred2[:lbs], label), label,
+                      torch.full_like(label, n_classes)).reshape(lbs, -1)
+    pool_order = torch.sort(key, dim=1, stable=True).indices
+    slot = key + (n_classes + 1) * torch.arange(lbs, device=key.device)[:, None]
+    counts = torch.bincount(slot.reshape(-1), minlength=lbs * (n_classes + 1)).reshape(lbs, n_classes + 1)
+    host = torch.cat([agree.sum().reshape(1), counts[:, :n_classes].reshape(-1),
+                      batch.index[:lbs].to(counts.dtype)]).tolist()  # the step's one host read
+    n_agree, per_class, keys = host[0], host[1:1 + lbs * n_classes], host[1 + lbs * n_classes:]
+    return StepPlan(agree_order=agree_order, n_agree=n_agree, pool_order=pool_order,
+                    pool_counts=[per_class[b * n_classes:(b + 1) * n_classes] for b in range(lbs)], keys=keys)
+
+
+__all__ = ["MIB", "PooledConfig", "PooledDualBranchMethod", "StepPlan", "agreement_mask", "both_correct_mask",
+           "plan_step"]

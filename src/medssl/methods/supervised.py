@@ -41,8 +41,8 @@ class SupervisedMethod(SemiMethod):
         lbs = batch.labeled_bs
         logits, _ = self.net(batch.image[:lbs])
         loss, ce, dice = ce_dice_loss(logits, batch.label[:lbs])
-        return StepOutput(loss, {"loss": float(loss.detach()), "loss_sup": float(loss.detach()),
-                                 "loss_ce": float(ce.detach()), "loss_dice": float(dice.detach())})
+        return StepOutput(loss, {"loss": loss.detach(), "loss_sup": loss.detach(),
+                                 "loss_ce": ce.detach(), "loss_dice": dice.detach()})
 
     def segmentation_network(self) -> nn.Module:
         return self.net

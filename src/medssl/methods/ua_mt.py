@@ -71,8 +71,8 @@ class UAMTMethod(MeanTeacherMethod):
         cons = (mask * dist).sum() / (2.0 * mask.sum() + 1e-16)
         w = ramp_weight(iteration, self.config.cons_weight, self.config.rampup_length, self.config.ramp_unit)
         loss = sup + w * cons
-        logs.update(loss=float(loss.detach()), loss_cons=float(cons.detach()), w_cons=w,
-                    threshold=threshold, certain_frac=float(mask.mean()))
+        logs.update(loss=loss.detach(), loss_cons=cons.detach(), w_cons=w,
+                    threshold=threshold, certain_frac=mask.float().mean().detach())
         return StepOutput(loss, logs)
 
 
