@@ -55,7 +55,7 @@ def _caller() -> str:
     """The innermost frame outside torch and this module (where the read was asked for)."""
     for frame in reversed(traceback.extract_stack()[:-2]):
         name = frame.filename.replace("\\", "/")
-        if "/torch/" not in name and not name.endswith("host_sync.py"):
+        if "/torch/" not in name and frame.filename != __file__:
             return f"{name.rsplit('/', 2)[-1] if '/' in name else name}:{frame.lineno}"
     return "?"
 
