@@ -51,14 +51,33 @@ def select_top_bottom(conf: Tensor, k: int) -> Tensor:
     return torch.cat([order[:k], order[order.numel() - k:]])
 
 
+def descending_keys(conf: Tensor) -> Tensor:
+    """(N,) distinct int64 keys ordering ``conf`` (N,) as a stable descending sort would: a larger key comes
+    first; equal confidences are ordered by position (earlier first).
+
+    Floating types up to 32 bits: the order-preserving integer image of the float32 bit pattern in the
+    high 32 bits, ``N - 1 - position`` in the low 32 bits (no sort needed). float64: the rank from one
+    stable sort.
+    """
+    n = conf.numel()
+    position = torch.arange(n, device=conf.device)
+    if conf.dtype == torch.float64:
+        key = torch.empty_like(position)
+        key[torch.sort(conf.reshape(-1), descending=True, stable=True).indices] = n - 1 - position
+        return key
+    bits = conf.reshape(-1).float().view(torch.int32).long()
+    bits = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # negative floats: reverse the magnitude order
+    return (bits << 32) | (n - 1 - position)
+
+
 def select_per_class_fixed(pseudo: Tensor, conf: Tensor, n_classes: int, k: int,
                            both_ends: bool = True) -> tuple[Tensor, Tensor]:
     """Per pseudo-class selection by confidence as fixed-size tensors (no host synchronisation).
 
     The same rows, in the same order, as :func:`select_top_bottom` / :func:`select_top` applied to each
-    class's rows: one stable descending sort of ``conf`` and one stable sort by class put every class's
-    rows in descending confidence (ties in original order); the selected positions are computed from the
-    per-class counts on the device.
+    class's rows (ties in original order): ``topk`` over the class-masked :func:`descending_keys`, from
+    the top (``2k`` or ``k`` rows) and, with ``both_ends``, from the bottom (``k`` rows, used when the
+    class has more than ``2k`` rows). No full sort.
 
     Args:
         pseudo: (N,) pseudo-labels in ``0..n_classes - 1``.
@@ -74,20 +93,19 @@ def select_per_class_fixed(pseudo: Tensor, conf: Tensor, n_classes: int, k: int,
     k = max(int(k), 0)
     m = 2 * k if both_ends else k
     n = pseudo.numel()
-    by_conf = torch.sort(conf.reshape(-1), descending=True, stable=True).indices
-    order = by_conf[torch.sort(pseudo.reshape(-1)[by_conf], stable=True).indices]  # class-major
-    counts = torch.bincount(pseudo.reshape(-1), minlength=n_classes)[:n_classes]
-    start = torch.cumsum(counts, 0) - counts
-    j = torch.arange(m, device=pseudo.device)
-    take = torch.minimum(counts, torch.full_like(counts, m))[:, None]
-    position = j[None, :].expand(n_classes, m)
-    if both_ends:  # more than 2k rows: the second k come from the end of the class's block
-        tail = (counts[:, None] > m) & (j[None, :] >= k)
-        position = torch.where(tail, counts[:, None] - m + j[None, :], position)
-    valid = j[None, :] < take
-    index = order[(start[:, None] + position).clamp(max=max(n - 1, 0))] if n else \
-        torch.zeros((n_classes, m), dtype=torch.long, device=pseudo.device)
-    return index, valid
+    device = pseudo.device
+    member = pseudo.reshape(1, -1) == torch.arange(n_classes, device=device)[:, None]   # (C, N)
+    key = descending_keys(conf)[None, :]
+    limits = torch.iinfo(torch.int64)
+    index = torch.zeros((n_classes, m), dtype=torch.long, device=device)
+    top = torch.topk(torch.where(member, key, limits.min), min(m, n), dim=1).indices        # descending
+    index[:, :top.shape[1]] = top
+    counts = member.sum(dim=1, keepdim=True)
+    j = torch.arange(m, device=device)[None, :]
+    if both_ends and 0 < k <= n:  # more than 2k rows: the second k are the class's last k, in descending order
+        bottom = torch.topk(torch.where(member, key, limits.max), k, dim=1, largest=False).indices.flip(1)
+        index[:, k:] = torch.where(counts > m, bottom, index[:, k:])
+    return index, j < counts.clamp(max=m)
 
 
 def select_per_class(pseudo: Tensor, conf: Tensor, n_classes: int, k: int,
@@ -256,5 +274,5 @@ def chunked_coral_loss(logits1: Tensor, logits2: Tensor) -> Tensor:
 
 
 __all__ = ["MIN_ROWS", "anchor_bank", "chunked_coral_loss", "coral_chunk_logits", "coral_consistency_loss", "coral_distance",
-           "coral_matrix", "coral_vector", "covariance", "masked_coral_consistency_loss", "masked_covariance",
+           "coral_matrix", "coral_vector", "covariance", "descending_keys", "masked_coral_consistency_loss", "masked_covariance",
            "select_per_class", "select_per_class_fixed", "select_top", "select_top_bottom"]
