@@ -33,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -69,23 +69,36 @@ class SparKOutput:
     Attributes:
         loss: scalar, mean over the masked patches of all samples of the per-patch MSE between the
             decoder output and the per-patch-normalised target.
-        reconstruction: (B, C, *S) decoder output de-normalised with each patch's own target mean/std
-            (input pixel space), every patch, without gradient; for previews (combine with ``visible``
-            to show reconstructed masked patches over the visible input).
         masked_input: (B, C, *S) the input with masked patches zeroed (what the encoder saw, before any
             channel replication).
         visible: (B, *grid) bool, the mask as given.
         per_patch_loss: (B, N) per-patch MSE, N = prod(grid) in row-major grid order; only the masked
             patches enter ``loss``.
         decoded: (B, C, *S) raw decoder output (per-patch-normalised space).
+        patch_stats: ``(mean, std)`` of the target's patches, each (B, N, 1), and the patch size.
+
+    ``reconstruction`` (a property, computed on first access only: training steps never pay for it):
+    (B, C, *S) decoder output de-normalised with each patch's own target mean/std (input pixel space),
+    every patch, without gradient; for previews (combine with ``visible`` to show reconstructed masked
+    patches over the visible input).
     """
 
     loss: Tensor
-    reconstruction: Tensor
     masked_input: Tensor
     visible: Tensor
     per_patch_loss: Tensor
     decoded: Tensor
+    patch_stats: tuple[Tensor, Tensor, int]
+    _reconstruction: Tensor | None = field(default=None, repr=False)
+
+    @property
+    def reconstruction(self) -> Tensor:
+        if self._reconstruction is None:
+            mean, std, patch = self.patch_stats
+            with torch.no_grad():
+                rec = patchify(self.decoded.detach().float(), patch) * std + mean
+                self._reconstruction = unpatchify(rec, patch, self.decoded.shape[2:], self.decoded.shape[1])
+        return self._reconstruction
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -134,8 +147,8 @@ def normalize_patches(patches: Tensor, eps: float = NORM_EPS) -> tuple[Tensor, T
     return (patches - mean) / std, mean, std
 
 
-def masked_patch_loss(decoded: Tensor, target: Tensor, visible: Tensor,
-                      patch: int) -> tuple[Tensor, Tensor, Tensor]:
+def masked_patch_loss(decoded: Tensor, target: Tensor, visible: Tensor, patch: int,
+                      check: bool = True) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor]]:
     """SparK's reconstruction loss.
 
     Args:
@@ -143,27 +156,26 @@ def masked_patch_loss(decoded: Tensor, target: Tensor, visible: Tensor,
         target: (B, C, *S) images the loss compares against.
         visible: (B, *grid) bool patch mask, True = visible (not scored).
         patch: patch size (voxels).
+        check: raise when no patch is masked (one host read); ``False`` when the caller checked.
 
     Returns:
-        ``(loss, per_patch, reconstruction)``: the scalar mean of the per-patch MSE over masked patches,
-        the (B, N) per-patch MSE, and ``decoded`` de-normalised per patch, (B, C, *S) (no gradient; for
-        previews). Computed in float32.
+        ``(loss, per_patch, (mean, std))``: the scalar mean of the per-patch MSE over masked patches,
+        the (B, N) per-patch MSE, and the target's per-patch mean and std, each (B, N, 1) (to
+        de-normalise ``decoded`` for previews). Computed in float32.
 
     Raises:
-        MedsslInputError: when no patch of the batch is masked.
+        MedsslInputError: when no patch of the batch is masked (with ``check``).
     """
     masked = ~visible.reshape(visible.shape[0], -1).bool()
-    count = int(masked.sum())
-    if count == 0:
+    count = masked.sum()
+    if check and int(count) == 0:
         raise MedsslInputError("mask", "every patch is visible: SparK scores masked patches only; use a "
                                "mask ratio above 0")
     rec = patchify(decoded.float(), patch)
     normed, mean, std = normalize_patches(patchify(target.float(), patch))
     per_patch = (rec - normed).square().mean(dim=-1)
-    loss = (per_patch * masked).sum() / count
-    with torch.no_grad():
-        reconstruction = unpatchify(rec * std + mean, patch, decoded.shape[2:], decoded.shape[1])
-    return loss, per_patch, reconstruction
+    loss = (per_patch * masked).sum() / count.clamp(min=1)
+    return loss, per_patch, (mean, std)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -449,9 +461,9 @@ class SparK(nn.Module):
             raise MedsslInputError("mask", "every patch is visible: SparK scores masked patches only; use "
                                    "a mask ratio above 0")
         masked, decoded = self.decode(x, visible)
-        loss, per_patch, reconstruction = masked_patch_loss(decoded, target, visible, self.patch_size)
-        return SparKOutput(loss=loss, reconstruction=reconstruction, masked_input=masked,
-                           visible=visible, per_patch_loss=per_patch, decoded=decoded)
+        loss, per_patch, (mean, std) = masked_patch_loss(decoded, target, visible, self.patch_size, check=False)
+        return SparKOutput(loss=loss, masked_input=masked, visible=visible, per_patch_loss=per_patch,
+                           decoded=decoded, patch_stats=(mean, std, self.patch_size))
 
     # -- export and optimiser helpers -----------------------------------------------------------------
 

@@ -42,17 +42,54 @@ FeatureFn = Callable[[nn.Module, Tensor], list[Tensor]]
 _CHANNELS_FIRST_LN = re.compile(r"LayerNorm[23]d")
 
 
-class SparseLayer:
-    """Mixin of every sparse layer: holds the (B, *grid) visibility mask during a sparse forward."""
+class MaskCache:
+    """The visibility mask of one sparse forward at every resolution it is asked for, built once each.
 
-    medssl_visible: Tensor | None = None
+    A ResNet-18 has ~40 sparse layers but only five resolutions: every layer at a resolution shares one
+    upsampled mask, its complement and its float form instead of rebuilding them.
+    """
+
+    def __init__(self, visible: Tensor) -> None:
+        self.visible = visible.bool()
+        self._keep: dict[tuple[int, ...], Tensor] = {}
+        self._drop: dict[tuple[int, ...], Tensor] = {}
+        self._weights: dict[tuple[tuple[int, ...], torch.dtype], Tensor] = {}
+
+    def keep(self, spatial: Sequence[int]) -> Tensor:
+        """(B, 1, *spatial) bool, True at visible positions."""
+        key = tuple(int(s) for s in spatial)
+        if key not in self._keep:
+            self._keep[key] = upsample_mask(self.visible, key)
+        return self._keep[key]
+
+    def drop(self, spatial: Sequence[int]) -> Tensor:
+        """(B, 1, *spatial) bool, True at masked positions."""
+        key = tuple(int(s) for s in spatial)
+        if key not in self._drop:
+            self._drop[key] = ~self.keep(key)
+        return self._drop[key]
+
+    def weights(self, spatial: Sequence[int], dtype: torch.dtype) -> Tensor:
+        """(B, 1, *spatial) of ``dtype``: 1 at visible, 0 at masked positions."""
+        key = (tuple(int(s) for s in spatial), dtype)
+        if key not in self._weights:
+            self._weights[key] = self.keep(key[0]).to(dtype)
+        return self._weights[key]
+
+
+class SparseLayer:
+    """Mixin of every sparse layer: holds the visibility masks (:class:`MaskCache`) during a sparse forward."""
+
+    medssl_masks: MaskCache | None = None
+
+    @property
+    def medssl_visible(self) -> Tensor | None:
+        """The (B, *grid) bool visibility mask of the current sparse forward (None outside one)."""
+        return None if self.medssl_masks is None else self.medssl_masks.visible
 
     def _mask(self, spatial: Sequence[int]) -> Tensor | None:
         """(B, 1, *spatial) bool mask at ``spatial`` (None outside a sparse forward)."""
-        visible = self.medssl_visible
-        if visible is None:
-            return None
-        return upsample_mask(visible, spatial)
+        return None if self.medssl_masks is None else self.medssl_masks.keep(spatial)
 
 
 class _RemaskChannelsFirst(SparseLayer):
@@ -60,8 +97,8 @@ class _RemaskChannelsFirst(SparseLayer):
 
     def forward(self, x: Tensor) -> Tensor:
         out = super().forward(x)  # type: ignore[misc]
-        mask = self._mask(out.shape[2:])
-        return out if mask is None else out.masked_fill(~mask, 0.0)
+        masks = self.medssl_masks
+        return out if masks is None else out.masked_fill(masks.drop(out.shape[2:]), 0.0)
 
 
 class _RemaskChannelsLast(SparseLayer):
@@ -69,11 +106,10 @@ class _RemaskChannelsLast(SparseLayer):
 
     def forward(self, x: Tensor) -> Tensor:
         out = super().forward(x)  # type: ignore[misc]
-        visible = self.medssl_visible
-        if visible is None or out.ndim != visible.ndim + 1:
+        masks = self.medssl_masks
+        if masks is None or out.ndim != masks.visible.ndim + 1:
             return out
-        mask = upsample_mask(visible, out.shape[1:-1]).movedim(1, -1)
-        return out.masked_fill(~mask, 0.0)
+        return out.masked_fill(masks.drop(out.shape[1:-1]).movedim(1, -1), 0.0)
 
 
 class _SparseBatchNorm(SparseLayer):
@@ -109,7 +145,8 @@ class _SparseBatchNorm(SparseLayer):
 
     def _masked_sum_forward(self, x: Tensor, mask: Tensor) -> Tensor:
         bn: nn.modules.batchnorm._BatchNorm = self  # type: ignore[assignment]
-        weight_mask = mask.to(x.dtype)
+        assert self.medssl_masks is not None
+        weight_mask = self.medssl_masks.weights(x.shape[2:], x.dtype)
         reduce_dims = [0, *range(2, x.ndim)]
         shape = (1, -1) + (1,) * (x.ndim - 2)
         use_batch_stats = bn.training or bn.running_mean is None
@@ -122,13 +159,14 @@ class _SparseBatchNorm(SparseLayer):
                 self._update_running_stats(mean.detach(), var.detach() * n / (n - 1).clamp_min(1), n > 1)
         else:
             mean, var = bn.running_mean, bn.running_var  # type: ignore[assignment]
+            centred = (x - mean.reshape(shape)) * weight_mask
         scale = torch.rsqrt(var + bn.eps)
         if bn.weight is not None:
             scale = scale * bn.weight
-        out = (x - mean.reshape(shape)) * scale.reshape(shape)
-        if bn.bias is not None:
-            out = out + bn.bias.reshape(shape)
-        return out * weight_mask
+        # ((x - mean) * scale + bias) * mask, from the already masked centred values: two passes fewer
+        if bn.bias is None:
+            return centred * scale.reshape(shape)
+        return torch.addcmul(bn.bias.reshape(shape) * weight_mask, centred, scale.reshape(shape))
 
     @torch.no_grad()
     def _update_running_stats(self, mean: Tensor, unbiased_var: Tensor, valid: Tensor) -> None:
@@ -232,14 +270,14 @@ def visibility(module: nn.Module, visible: Tensor) -> Iterator[None]:
     layers = sparse_layers(module)
     if not layers:
         raise ValueError("module has no sparse layers; convert it with convert_to_sparse first")
-    visible = visible.bool()
+    masks = MaskCache(visible)
     try:
         for layer in layers:
-            layer.medssl_visible = visible
+            layer.medssl_masks = masks
         yield
     finally:
         for layer in layers:
-            layer.medssl_visible = None
+            layer.medssl_masks = None
 
 
 def _is_vnet_encoder(model: nn.Module) -> bool:
@@ -336,5 +374,5 @@ class SparseEncoder(nn.Module):
         return sparse_forward(self.encoder, x, visible, self.features)
 
 
-__all__ = ["FeatureFn", "SparseEncoder", "SparseLayer", "convert_to_sparse", "encoder_channels",
+__all__ = ["FeatureFn", "MaskCache", "SparseEncoder", "SparseLayer", "convert_to_sparse", "encoder_channels",
            "encoder_strides", "hierarchical_features", "sparse_forward", "sparse_layers", "visibility"]
