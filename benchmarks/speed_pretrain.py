@@ -30,9 +30,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as C  # noqa: E402
+import _limits as L  # noqa: E402
 
 GUIDED_TARGET = 1.05
 SPARSE_TARGET = 1.3
+#: SparK step / dense encoder forward + backward, per MIM case (issue 14).
+MIM_TARGETS = {"resnet18_128": 7.0, "resnet50_224": 4.0}
 RATIOS = (0.8, 0.4)
 RANDOM_RATIO = 0.6
 
@@ -44,18 +47,21 @@ SIZES: dict[str, dict[str, Any]] = {
             "throughput": [("resnet18_128", "resnet18", 2, (128, 128), 8, None, 16),
                            ("resnet50_224", "resnet50", 2, (224, 224), 2, None, 16),
                            ("vnet16_112x112x80", "vnet", 3, (112, 112, 80), 1, None, 16)],
+            "mim": [("resnet18_128", "resnet18", (128, 128), 8), ("resnet50_224", "resnet50", (224, 224), 8)],
             "precision": "32", "warmup": 1, "iters": 4},
     "gpu": {"compare": ("resnet18", 2, (128, 128), 64, None, 16),
             "sparse_3d": ("vnet", 3, (112, 112, 80), 4, None, 16),
             "throughput": [("resnet18_128", "resnet18", 2, (128, 128), 128, None, 16),
                            ("resnet50_224", "resnet50", 2, (224, 224), 128, None, 16),
                            ("vnet16_112x112x80", "vnet", 3, (112, 112, 80), 4, None, 16)],
+            "mim": [("resnet18_128", "resnet18", (128, 128), 8), ("resnet50_224", "resnet50", (224, 224), 64)],
             "precision": "bf16", "warmup": 3, "iters": 10},
     "quick": {"compare": ("resnet18", 2, (64, 64), 2, 64, 16),
               "sparse_3d": ("vnet", 3, (32, 32, 16), 2, None, 4),
               "throughput": [("resnet18_64", "resnet18", 2, (64, 64), 2, 64, 16),
                              ("resnet50_64", "resnet50", 2, (64, 64), 2, 64, 16),
                              ("vnet4_32x32x16", "vnet", 3, (32, 32, 16), 2, None, 4)],
+              "mim": [("resnet18_64", "resnet18", (64, 64), 2)],
               "precision": "32", "warmup": 1, "iters": 2},
 }
 
@@ -207,6 +213,53 @@ def time_sparse(case: tuple, device: Any, warmup: int, iters: int, precision: st
             "batch": batch, "seconds": times, "median_s": med, "sparse_over_dense": med["sparse"] / med["dense"]}
 
 
+def time_mim_vs_dense(case: tuple, device: Any, warmup: int, iters: int, precision: str,
+                      peak: float | None) -> dict[str, Any]:
+    """The SparK step against the dense timm encoder, alternating step by step on one batch.
+
+    Variants: ``dense`` (dense encoder forward + backward of its features), ``encoder`` (the sparse
+    encoder alone, forward + backward), ``spark`` (SparK forward + backward: encoder, densify, decoder,
+    loss) and ``step`` (the full training step: mask draw, SparK forward + backward, gradient clip,
+    LAMB). The decoder + densify + loss share is ``spark - encoder``. FLOPs of each variant are counted
+    once, untimed.
+    """
+    import torch
+
+    from medssl.masking import random_mask
+    from medssl.models.spark import dense_encoder
+    from medssl.models.sparse import hierarchical_features
+
+    name, backbone, spatial, batch = case
+    images, rois = make_batch(2, spatial, batch, device)
+    torch.manual_seed(0)
+    model = _build(backbone, 2, None, 16, device)
+    dense = dense_encoder(backbone, dims=2).to(device).train()
+    visible = random_mask(batch, model.grid_for(spatial), RANDOM_RATIO, torch.Generator().manual_seed(3)).to(device)
+
+    def backward_of(module: Any, forward: Any) -> Any:
+        def run() -> None:
+            module.zero_grad(set_to_none=True)
+            with _autocast(device, precision):
+                out = forward()
+            (out if isinstance(out, torch.Tensor) else sum(f.float().mean() for f in out)).backward()
+        return run
+
+    fns = {"dense": backward_of(dense, lambda: hierarchical_features(dense, images)),
+           "encoder": backward_of(model, lambda: model.sparse_encoder(images, visible)),
+           "spark": backward_of(model, lambda: model(images, visible).loss),
+           "step": _step_fn(model, images, rois, "random", device, precision)}
+    flops = {k: L.count_flops(fn) for k, fn in fns.items()}
+    times = _alternate(fns, device, warmup, iters)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    rows = {k: {"median_s": med[k], **L.limit_fields(flops[k], med[k], peak)} for k in fns}
+    return {"case": name, "backbone": backbone, "spatial": list(spatial), "batch": batch,
+            "decoder_width": model.decoder_width, "seconds": times, "variants": rows,
+            "spark_over_dense": med["spark"] / med["dense"], "step_over_dense": med["step"] / med["dense"],
+            "flops_spark_over_dense": flops["spark"] / flops["dense"],
+            "decoder_share": (med["spark"] - med["encoder"]) / med["spark"],
+            "target": MIM_TARGETS.get(name)}
+
+
 def time_throughput(cases: list[tuple], device: Any, warmup: int, iters: int, precision: str) -> list[dict]:
     """Images (volumes) per second of the full SparK training step with guided masks."""
     import torch
@@ -259,14 +312,48 @@ def render(data: dict[str, Any]) -> str:
     lines.append(C.markdown_table(["encoder", "input", "batch", "sparse s", "dense s", "sparse / dense"], rows))
     worst = max(s["sparse_over_dense"] for s in data["sparse"])
     lines += ["", f"Target ≤ {SPARSE_TARGET:.1f}×: {'met' if worst <= SPARSE_TARGET else 'missed'} in this run "
-              f"(worst {worst:.2f}×).", "", "## Throughput", "",
-              "Full SparK training step with guided masks (as above).", ""]
+              f"(worst {worst:.2f}×)."]
+    lines += mim_section(data)
+    lines += ["", "## Throughput", "", "Full SparK training step with guided masks (as above).", ""]
     rows = [[t["case"], "×".join(map(str, t["spatial"])), t["batch"], t["decoder_width"], _fmt(t["median_s"], 3),
              _fmt(t["per_second"], 2)] for t in data["throughput"]]
     lines.append(C.markdown_table(["case", "input", "batch", "decoder width", "median s / step",
                                    "images (volumes) / s"], rows))
     lines += ["", "Reading:", ""] + [f"- {n}" for n in data["notes"]]
     return "\n".join(lines)
+
+
+def mim_section(data: dict[str, Any]) -> list[str]:
+    """SparK step vs the dense encoder: ratios, the encoder / decoder split, FLOPs and the peak."""
+    peaks = data.get("peaks", {})
+    peak = peaks.get("fp32")
+    lines = ["", "## SparK step vs the dense encoder", "",
+             "Alternating step by step on one batch (random masks at 0.6, default decoder width): `dense` = the "
+             "dense timm encoder's forward + backward of its features; `encoder` = the sparse encoder alone; "
+             "`spark` = the SparK forward + backward (encoder, densify, decoder, loss); `step` = the full "
+             "training step (mask draw, SparK forward + backward, gradient clip, LAMB). FLOPs from "
+             "`FlopCounterMode` (convolutions and matrix products, forward + backward); fp32 peak "
+             f"{_fmt(peak / 1e9 if peak else None, 1)} GFLOP/s ({peaks.get('source', '?')}).", ""]
+    rows = []
+    for case in data.get("mim", []):
+        for variant, v in case["variants"].items():
+            ratio = v["median_s"] / case["variants"]["dense"]["median_s"]
+            rows.append([case["case"], case["batch"], variant, _fmt(v["median_s"], 3), f"{ratio:.2f}",
+                         _fmt(v["gflop_per_iter"], 1), _fmt(v["achieved_gflops"], 1),
+                         "—" if v["fraction_of_peak"] is None else f"{v['fraction_of_peak']:.0%}"])
+    lines.append(C.markdown_table(["case", "batch", "variant", "median s", "× dense", "GFLOP", "achieved GFLOP/s",
+                                   "of fp32 peak"], rows))
+    lines.append("")
+    for case in data.get("mim", []):
+        target = case["target"]
+        verdict = "" if target is None else (
+            f" (target ≤ {target:.0f}×: {'meets' if case['spark_over_dense'] <= target else 'misses'} it for the "
+            f"forward + backward, {'meets' if case['step_over_dense'] <= target else 'misses'} it for the full step)")
+        lines.append(f"- **{case['case']}**: SparK forward + backward {case['spark_over_dense']:.2f}× the dense "
+                     f"encoder, full step {case['step_over_dense']:.2f}×{verdict}; by FLOPs SparK is "
+                     f"{case['flops_spark_over_dense']:.2f}× the dense encoder, and densify + decoder + loss take "
+                     f"{case['decoder_share']:.0%} of the SparK forward + backward time.")
+    return lines
 
 
 def notes(data: dict[str, Any]) -> list[str]:
@@ -315,13 +402,19 @@ def main(argv: list[str] | None = None) -> int:
         C.say(f"sparse vs dense: {case[0]}")
         sparse.append(time_sparse(case, device, warmup, iters, size["precision"]))
         C.say(f"sparse / dense = {sparse[-1]['sparse_over_dense']:.2f}")
+    peaks = L.device_peaks(device_name)
+    mim = []
+    for case in size["mim"]:
+        C.say(f"SparK vs dense: {case[0]} batch {case[3]}")
+        mim.append(time_mim_vs_dense(case, device, warmup, iters, size["precision"], peaks["fp32"]))
+        C.say(f"spark / dense = {mim[-1]['spark_over_dense']:.2f}, step / dense = {mim[-1]['step_over_dense']:.2f}")
     throughput = time_throughput(size["throughput"], device, warmup, iters, size["precision"])
     stem = "speed_pretrain" if size_name == "cpu" else f"speed_pretrain_{size_name}"
     data: dict[str, Any] = {
         "benchmark": "speed_pretrain", "quick": args.quick, "size_name": size_name, "command": command,
         "precision": size["precision"], "environment": C.environment(threads, device_name),
         "settings": {"warmup": warmup, "iters": iters}, "masking": masking, "sparse": sparse,
-        "throughput": throughput, "json_name": f"{stem}.json",
+        "throughput": throughput, "json_name": f"{stem}.json", "mim": mim, "peaks": peaks,
         "targets": {"guided_over_random": GUIDED_TARGET, "sparse_over_dense": SPARSE_TARGET},
     }
     data["notes"] = notes(data)
