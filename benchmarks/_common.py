@@ -260,12 +260,14 @@ def child_args(args: Any, command: str) -> list[str]:
     return out
 
 
-def run_grid(args: Any, name: str, build_jobs: Any, write_table: Any, argv: Sequence[str] | None) -> int:
+def run_grid(args: Any, name: str, build_jobs: Any, write_table: Any, argv: Sequence[str] | None,
+             extra_child_args: Sequence[str] = ()) -> int:
     """The main flow of a grid benchmark: ``--only`` one point, else run what is missing, then the table.
 
     Args:
         build_jobs: ``build_jobs(args, points, command) -> list[PointJob]``.
         write_table: ``write_table(args, command) -> Path``.
+        extra_child_args: the benchmark's own protocol options, passed on to ``--only`` subprocesses.
     """
     given = list(sys.argv[1:] if argv is None else argv)
     command = regenerate_command(f"{name}.py", [a for a in given if a not in ("--table-only", "--redo")])
@@ -283,7 +285,7 @@ def run_grid(args: Any, name: str, build_jobs: Any, write_table: Any, argv: Sequ
     if not args.table_only:
         jobs = build_jobs(args, grid(args.methods, args.labeled, args.seeds), command)
         try:
-            failed = run_jobs(jobs, f"{name}.py", child_args(args, command), args.jobs, args.redo,
+            failed = run_jobs(jobs, f"{name}.py", [*child_args(args, command), *extra_child_args], args.jobs, args.redo,
                               args.raw / "logs")
         except ProtocolMismatch as err:
             print(f"{name}: {err}", file=sys.stderr)
@@ -319,12 +321,19 @@ def short_hash(data: Any) -> str:
     return hashlib.sha1(_json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
-def config_id(cfg: Any) -> str:
-    """Short hash of a resolved config without its ``runtime`` part: the protocol of one run."""
+def config_id(cfg: Any, reduced_grid: bool = True) -> str:
+    """Short hash of a resolved config without its ``runtime`` part: the protocol of one run.
+
+    A run trained on resampled volumes (``data.zoom`` ≠ 1) is scored either on its reduced grid (what
+    every result before source-grid scoring existed used: left out of the hash, so those keep their ids)
+    or on each case's source grid (``reduced_grid`` false: part of the hash).
+    """
     from medssl.config import config_to_dict
 
     data = config_to_dict(cfg)
     data.pop("runtime", None)
+    if not reduced_grid and cfg.data.zoom != 1.0:
+        data["scoring_grid"] = "source"
     section = data.get("data", {})
     for key in ("spec", "split_file"):  # the same on every clone: paths relative to the repo / shared data
         if section.get(key) is not None:
@@ -356,6 +365,7 @@ class PointJob:
     threads: int | None = None
     command: str = ""
     keep_checkpoints: bool = False
+    reduced_grid: bool = False  # a zoomed run: score on its reduced grid instead of the source grid
 
     def result_path(self) -> Path:
         return self.results_dir / f"{self.point.key}.json"
@@ -379,7 +389,11 @@ class PointJob:
             old = json.loads(out.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             return "todo"
-        return "done" if old.get("config_id") == config_id(self.config()) else "mismatch"
+        return "done" if old.get("config_id") == self.config_id() else "mismatch"
+
+    def config_id(self) -> str:
+        """The protocol hash of this point (config and scoring grid)."""
+        return config_id(self.config(), reduced_grid=self.reduced_grid)
 
 
 class ProtocolMismatch(RuntimeError):
@@ -403,7 +417,7 @@ def run_point(job: PointJob, redo: bool = False) -> dict[str, Any] | None:
 
     threads = set_threads(job.threads)
     cfg = job.config()
-    cid = config_id(cfg)
+    cid = job.config_id()
     out = job.result_path()
     if not redo:
         state = job.status()
@@ -430,7 +444,8 @@ def run_point(job: PointJob, redo: bool = False) -> dict[str, Any] | None:
     if job.eval_batch is not None:
         inference = inference.model_copy(update={"batch_size": job.eval_batch})
     t0 = time.perf_counter()
-    ev = evaluate_run(run_dir, cases=job.eval_cases, inference=inference, quiet=True)
+    ev = evaluate_run(run_dir, cases=job.eval_cases, inference=inference, quiet=True,
+                      reduced_grid=job.reduced_grid)
     t_eval = time.perf_counter() - t0
     per_case = [{"case_id": str(c["case_id"]), **{k: _num(c.get(k)) for k in RUN_METRICS},
                  "empty_pred": bool(c.get("empty_pred", False))} for c in ev.per_case]
@@ -444,6 +459,7 @@ def run_point(job: PointJob, redo: bool = False) -> dict[str, Any] | None:
         "iterations_trained_this_session": trained_iterations,
         "final_logs": loop_logs, "train_seconds": t_train, "eval_seconds": t_eval,
         "eval_cases": rel(job.eval_cases) if job.eval_cases is not None else "validation split",
+        "scoring_grid": ev.summary.get("scoring_grid"),
         "run_dir": rel(run_dir), "overrides": job.overrides, "preset": rel(job.preset),
         "command": job.command, "environment": environment(threads),
     }
