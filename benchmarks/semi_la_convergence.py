@@ -46,8 +46,8 @@ def run_point(args: argparse.Namespace, width: int, iterations: int) -> int:
     """Train and score the missing seeds of one (width, iterations) point through :mod:`semi_la`."""
     argv = ["--methods", "supervised", "--labeled", str(LABELED), "--seeds", *map(str, args.seeds),
             "--iterations", str(iterations), "--width", str(width), "--jobs", str(args.jobs),
-            "--results", str(point_dir(args.results, width, iterations)),
-            "--out", str(C.RAW / f"{NAME}_tables" / f"w{width}_it{iterations}")]
+            "--results", C.rel(point_dir(args.results, width, iterations)),
+            "--out", C.rel(C.RAW / f"{NAME}_tables" / f"w{width}_it{iterations}")]
     if args.threads is not None:
         argv += ["--threads", str(args.threads)]
     return semi_la.main(argv)
