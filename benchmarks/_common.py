@@ -457,7 +457,7 @@ def run_point(job: PointJob, redo: bool = False) -> dict[str, Any] | None:
         "empty_prediction_cases": [c["case_id"] for c in per_case if c["empty_pred"]],
         "per_case": per_case, "iterations": cfg.max_iterations,
         "iterations_trained_this_session": trained_iterations,
-        "final_logs": loop_logs, "train_seconds": t_train, "eval_seconds": t_eval,
+        "final_logs": loop_logs, "curve": training_curve(run_dir), "train_seconds": t_train, "eval_seconds": t_eval,
         "eval_cases": rel(job.eval_cases) if job.eval_cases is not None else "validation split",
         "scoring_grid": ev.summary.get("scoring_grid"),
         "run_dir": rel(run_dir), "overrides": job.overrides, "preset": rel(job.preset),
@@ -470,6 +470,39 @@ def run_point(job: PointJob, redo: bool = False) -> dict[str, Any] | None:
     say(f"{job.benchmark} {job.point.key}: Dice {100 * ev.mean('dice'):.2f} % "
         f"({ev.n_empty_predictions} empty) train {t_train:.0f} s eval {t_eval:.0f} s -> {rel(out)}")
     return result
+
+
+#: Bins of the training curve stored in each grid result (losses, ramp weights, agreement, pool ...).
+CURVE_BINS = 60
+
+
+def training_curve(run_dir: Path, bins: int = CURVE_BINS) -> dict[str, list[float | None]]:
+    """The run's logged training metrics averaged over ``bins`` equal spans of iterations.
+
+    Returns ``{"iteration": [last iteration of each bin], "<metric>": [bin means], ...}`` (a metric absent
+    from a bin is None), small enough to keep in a committed result and to diagnose a run after its
+    run directory is gone.
+    """
+    from medssl.runtime.metrics_log import read_metrics
+
+    rows = [r for r in read_metrics(run_dir) if r["phase"] == "train"]
+    if not rows:
+        return {}
+    last = max(r["iteration"] for r in rows)
+    edges = [last * (i + 1) / bins for i in range(bins)]
+    keys = sorted({k for r in rows for k in r} - {"iteration", "phase"})
+    groups: list[list[dict[str, Any]]] = [[] for _ in edges]
+    for r in rows:
+        groups[min(bins - 1, next(i for i, e in enumerate(edges) if r["iteration"] <= e))].append(r)
+    curve: dict[str, list[float | None]] = {"iteration": []}
+    for k in keys:
+        curve[k] = []
+    for g in (g for g in groups if g):
+        curve["iteration"].append(float(max(r["iteration"] for r in g)))
+        for k in keys:
+            vals = finite(r.get(k) for r in g)
+            curve[k].append(_num(statistics.fmean(vals)) if vals else None)
+    return curve
 
 
 def _num(value: Any) -> float | None:
