@@ -200,10 +200,12 @@ def scaled_schedule(cfg: Any, iterations: int, final_decay: float = 0.0) -> list
 
 
 def add_grid_args(p: Any, *, iterations: int, labeled: Sequence[int], seeds: Sequence[int],
-                  methods: Sequence[str], eval_batch: int, final_decay: float) -> None:
-    """The options every accumulating semi-supervised grid benchmark takes."""
+                  methods: Sequence[str], eval_batch: int, final_decay: float,
+                  choices: Sequence[str] = METHODS) -> None:
+    """The options every accumulating semi-supervised grid benchmark takes (``choices``: the methods or
+    arms ``--methods`` accepts)."""
     p.add_argument("--quick", action="store_true", help="smoke run (2 iterations, one label count and seed)")
-    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=None,
+    p.add_argument("--methods", nargs="+", choices=list(choices), default=None,
                    help=f"default: {' '.join(methods)}")
     p.add_argument("--labeled", nargs="+", type=int, default=None,
                    help=f"label counts (default {' '.join(map(str, labeled))})")
@@ -686,16 +688,36 @@ def plot_dice(results: list[dict[str, Any]], methods: Sequence[str], path: Path,
     return path
 
 
+def paired_delta_cell(results: list[dict[str, Any]], reference: str, metric: str = "dice",
+                      scale: float = 100.0) -> Callable[[dict[str, Any]], str]:
+    """A table cell function: mean ± std over seeds of (row's method − ``reference``) with the same seed
+    and label count, followed by the per-seed differences in seed order (``—`` without a pair)."""
+    def cell(row: dict[str, Any]) -> str:
+        if row["method"] == reference:
+            return "—"
+        base = {r["seed"]: r["metrics"][metric] for r in results
+                if r["method"] == reference and r["labeled"] == row["labeled"]}
+        pairs = sorted((r["seed"], scale * (r["metrics"][metric] - base[r["seed"]])) for r in results
+                       if r["method"] == row["method"] and r["labeled"] == row["labeled"]
+                       and base.get(r["seed"]) is not None and r["metrics"][metric] is not None)
+        if not pairs:
+            return "—"
+        diffs = [d for _, d in pairs]
+        return f"{mean_std(diffs)} ({', '.join(f'{d:+.1f}' for d in diffs)})"
+    return cell
+
+
 def write_grid_report(args: argparse.Namespace, command: str, name: str, title: str, plot_title: str,
                       extra_columns: dict[str, Any] | None = None, appendix: Sequence[str] = (),
-                      summary_extra: dict[str, Any] | None = None) -> Path:
+                      summary_extra: dict[str, Any] | None = None, order: Sequence[str] | None = None) -> Path:
     """Rebuild ``<name>.{md,json,png}`` in ``args.out`` from the per-run result files in ``args.results``.
 
     ``extra_columns`` adds table columns ({name: fn(row) -> cell}); ``appendix`` lines follow the table;
-    ``summary_extra`` is merged into the JSON summary.
+    ``summary_extra`` is merged into the JSON summary; ``order`` lists the rows' methods (or arms) in
+    table order (default: the six methods).
     """
     results = [r for r in load_results(args.results) if r.get("benchmark") == name]
-    order = [m for m in METHODS if m in args.methods or any(r["method"] == m for r in results)]
+    order = [m for m in (order or METHODS) if m in args.methods or any(r["method"] == m for r in results)]
     rows = summary_rows(results, order)
     png = plot_dice(results, order, args.out / f"{name}.png", plot_title)
     lines = [f"# {title}", "",

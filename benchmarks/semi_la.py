@@ -116,15 +116,22 @@ def protocol_child_args(args: argparse.Namespace) -> list[str]:
     return ["--width", str(args.width), "--scoring", args.scoring]
 
 
-def build_jobs(args: argparse.Namespace, points: list[C.GridPoint], command: str) -> list[C.PointJob]:
-    """One :class:`PointJob` per grid point."""
+#: An arm of a grid on this protocol: (method, extra ``--set`` overrides applied after the protocol's).
+Arm = tuple[str, list[str]]
+
+
+def build_jobs(args: argparse.Namespace, points: list[C.GridPoint], command: str, name: str = NAME,
+               arms: dict[str, Arm] | None = None) -> list[C.PointJob]:
+    """One :class:`PointJob` per grid point; a point's ``method`` names an arm of ``arms`` (default: the
+    method itself with no extra override), so ablation grids run on exactly this protocol."""
     root, split = la_paths()
     stride = PATCH if args.quick else STRIDE  # smoke runs: non-overlapping windows
     reduced = args.scoring == "reduced"
     proto = protocol(args.iterations, args.final_lr_decay, args.quick, stride, args.width, reduced)
     jobs = []
     for p in points:
-        preset = C.PRESETS / f"la_{p.method}.yaml"
+        method, extra = (arms or {}).get(p.method, (p.method, []))
+        preset = C.PRESETS / f"la_{method}.yaml"
         reduce = [f"data.spec=la:{root}", f"data.split_file={split}", "data.n_val=16", f"data.zoom={ZOOM}",
                   f"data.patch=[{','.join(map(str, PATCH))}]", f"method_config.network.base_width={args.width}",
                   f"inference.patch=[{','.join(map(str, PATCH))}]",
@@ -132,8 +139,8 @@ def build_jobs(args: argparse.Namespace, points: list[C.GridPoint], command: str
                   f"runtime.checkpoint_every={max(1, args.iterations // 6)}", "runtime.keep_checkpoints=2",
                   "runtime.log_every=10"]
         cfg = C.load_preset(preset, reduce)
-        overrides = [*reduce, *C.scaled_schedule(cfg, args.iterations, args.final_lr_decay)]
-        jobs.append(C.PointJob(benchmark=NAME, point=p, preset=preset, overrides=overrides,
+        overrides = [*reduce, *C.scaled_schedule(cfg, args.iterations, args.final_lr_decay), *extra]
+        jobs.append(C.PointJob(benchmark=name, point=p, preset=preset, overrides=overrides,
                                results_dir=args.results, runs_root=args.raw / "runs", protocol=proto,
                                eval_cases=None, eval_batch=args.eval_batch, threads=args.threads,
                                command=command, keep_checkpoints=args.keep_checkpoints,
@@ -154,7 +161,10 @@ def write_table(args: argparse.Namespace, command: str) -> Path:
                 C.markdown_table(["labeled", *PUBLISHED], body), "",
                 "Dual-branch baseline in the CORN ablation (Dice %): "
                 + ", ".join(f"{v:.2f} at {n}" for n, v in PUBLISHED_DUAL_BRANCH_DICE.items()) + " labeled.", ""]
-    extra = {"published, full protocol (Dice / Jaccard / 95HD / ASD)":
+    results = C.load_results(args.results)
+    extra = {"Δ Dice vs supervised (pp, paired seeds)": C.paired_delta_cell(results, "supervised"),
+             "Δ Dice vs dual_branch (pp, paired seeds)": C.paired_delta_cell(results, "dual_branch"),
+             "published, full protocol (Dice / Jaccard / 95HD / ASD)":
              lambda r: published_cell(r["method"], r["labeled"])}
     published = {k: {str(n): list(v) for n, v in row.items()} for k, row in PUBLISHED.items()}
     return C.write_grid_report(args, command, NAME,
