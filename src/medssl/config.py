@@ -93,6 +93,11 @@ class RuntimeConfig(MedsslConfig):
     quiet: bool = Field(default=False, description="Plain log lines instead of progress bars.")
     threads: int | None = Field(default=None, ge=1, description="CPU threads of torch per process "
                                 "(None: torch's default; 1 is fastest when processes share cores).")
+    channels_last: Literal["auto", "on", "off"] = Field(
+        default="auto", description="Channels-last weights and activations: auto (the device's measured default, "
+        "see medssl.runtime.fast_paths), on or off.")
+    compile: Literal["auto", "on", "off"] = Field(
+        default="auto", description="torch.compile the networks: auto (the device's default: off), on or off.")
 
     @field_validator("name")
     @classmethod

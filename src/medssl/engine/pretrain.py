@@ -70,6 +70,7 @@ from medssl.masking import (
 )
 from medssl.runtime.atomic import atomic_path, write_json_atomic
 from medssl.runtime.checkpoint import CheckpointManager, load_checkpoint, save_checkpoint
+from medssl.runtime.fast_paths import apply_fast_paths
 from medssl.runtime.rundir import PrepareMode, RunDir
 from medssl.runtime.session import start_run
 
@@ -399,7 +400,7 @@ def train_pretrain(cfg: PretrainConfig, mode: PrepareMode = "new", *,
     Raises:
         MedsslInputError: bad data, ROI maps, model or masking settings; raised before anything is written.
     """
-    from medssl.models.spark import build_spark
+    from medssl.models.spark import LightDecoder, build_spark
 
     _check_model(cfg.model)
     _check_roi_source(cfg)
@@ -436,6 +437,7 @@ def train_pretrain(cfg: PretrainConfig, mode: PrepareMode = "new", *,
     if spark.patch_size != patch:
         raise MedsslInputError("model.backbone", f"{cfg.model.backbone} has total stride {spark.patch_size}; "
                                f"medssl pretraining supports encoders of stride {patch}")
+    apply_fast_paths(spark, cfg.runtime, fabric.device, compile_kinds=(LightDecoder,))  # the decoder: static shapes
     lr = peak_lr(cfg.optim.base_lr, cfg.optim.batch_size)
     optimizer = build_lamb(param_groups(spark, cfg.optim.wd_start), lr=lr, betas=cfg.optim.betas)
     model, optimizer = fabric.setup(spark, optimizer)

@@ -36,6 +36,7 @@ from medssl.engine.loop import LoopResult, LoopSpec, PeriodicTask, train_iterati
 from medssl.errors import MedsslInputError
 from medssl.methods import SemiBatch, SemiMethod, create_method, method_config
 from medssl.runtime.checkpoint import CheckpointManager, load_checkpoint
+from medssl.runtime.fast_paths import apply_fast_paths
 from medssl.runtime.rundir import PrepareMode, RunDir
 from medssl.runtime.session import start_run
 
@@ -344,6 +345,7 @@ def train_semi(
     init_report = _load_encoder_init(method, cfg.init_encoder) if cfg.init_encoder is not None else None
     if init_report is not None and fabric.global_rank == 0:
         fabric.print(f"initialised {', '.join(init_report['modules'])} from {init_report['path']}")
+    apply_fast_paths(method, cfg.runtime, fabric.device)
     optimizer = torch.optim.SGD(method.trainable_parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                                 weight_decay=cfg.optim.weight_decay)
     model, optimizer = fabric.setup(method, optimizer)
