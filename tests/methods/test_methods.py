@@ -278,3 +278,25 @@ def test_corn_step_reads_the_host_once() -> None:
         method.pool.sample_anchors()
     assert len(sampler_reads) == len(reads) - 1
     assert all("feature_pool.py" in e for e in sampler_reads.events)
+
+
+def test_head_outputs_compute_only_the_rows_read() -> None:
+    from medssl.methods.pooled import head_outputs
+    from medssl.models.heads import PredictionHead
+
+    torch.manual_seed(0)
+    head = PredictionHead(8).train()
+    lazy_head = copy.deepcopy(head)
+    x = torch.randn(50, 8, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_(True)
+    index = torch.tensor([[3, 7, 7], [1, 49, 0]])
+    full = head(x)[index]
+    rows = head_outputs(lazy_head, x2)
+    lazy = rows[index]
+    assert len(rows) == 50 and lazy.shape == (2, 3, 8)
+    torch.testing.assert_close(lazy, full, rtol=1e-5, atol=1e-6)  # batch norm still saw all 50 rows
+    (full ** 2).sum().backward()
+    (lazy ** 2).sum().backward()
+    torch.testing.assert_close(x2.grad, x.grad, rtol=1e-5, atol=1e-6)
+    for p, q in zip(head.parameters(), lazy_head.parameters(), strict=True):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-6)

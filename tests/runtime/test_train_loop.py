@@ -180,3 +180,28 @@ def test_start_run_sets_the_thread_count(tmp_path: Path) -> None:
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_prefetch_builds_each_batch_once_ahead_and_trains_the_same(fabric, tmp_path: Path) -> None:
+    weights, calls = {}, {}
+    for prefetch in (False, True):
+        run = RunDir.prepare(tmp_path / f"run_{prefetch}", "new")
+        model, optimizer = make(fabric)
+        seen: list[int] = []
+
+        def counted(iteration: int, seen: list[int] = seen) -> tuple[torch.Tensor, torch.Tensor]:
+            seen.append(iteration)
+            return batch_fn(iteration)
+
+        def step_fn(batch, iteration, model=model):
+            x, y = batch
+            loss = nn.functional.mse_loss(model(x), y)
+            return loss, {}
+
+        spec = LoopSpec(max_iterations=6, checkpoint_every=6, log_every=2, enable_tensorboard=False,
+                        prefetch=prefetch)
+        train_iterations(fabric, run, model, optimizer, counted, step_fn, spec, quiet=True)
+        weights[prefetch] = [p.detach().clone() for p in model.parameters()]
+        calls[prefetch] = sorted(seen)
+    assert calls[True] == calls[False] == list(range(6))  # nothing built twice, nothing past the end
+    assert all(torch.equal(a, b) for a, b in zip(weights[False], weights[True], strict=True))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +94,9 @@ class LoopSpec:
         best_metric: name of a periodic-task metric; ``best.pt`` is written whenever it improves.
         best_mode: whether a larger (``"max"``) or smaller (``"min"``) ``best_metric`` is better.
         enable_tensorboard: also write TensorBoard scalars.
+        prefetch: build the next iteration's batch in a background thread while the current step runs
+            (``batch_fn`` must then be thread-safe and use its own random generators, as the training
+            commands' batch functions do); the batches are the same either way.
     """
 
     max_iterations: int
@@ -104,6 +108,7 @@ class LoopSpec:
     best_metric: str | None = None
     best_mode: Literal["max", "min"] = "max"
     enable_tensorboard: bool = True
+    prefetch: bool = False
 
     @classmethod
     def from_runtime(cls, runtime: RuntimeConfig, max_iterations: int, **kwargs: Any) -> LoopSpec:
@@ -134,6 +139,31 @@ class LoopResult:
     best_value: float | None = None
     best_iteration: int | None = None
     seconds: float = 0.0
+
+
+class _Prefetcher:
+    """``get(i)`` returns ``batch_fn(i)``; with ``enabled``, ``batch_fn(i + 1)`` is already being built in a
+    background thread when ``get(i)`` returns (one batch ahead, off the training step's critical path)."""
+
+    def __init__(self, batch_fn: Callable[[int], Any], enabled: bool, stop: int) -> None:
+        self.batch_fn, self.stop = batch_fn, stop
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medssl-batch") if enabled else None
+        self.pending: tuple[int, Future[Any]] | None = None
+
+    def get(self, iteration: int) -> Any:
+        if self.pool is None:
+            return self.batch_fn(iteration)
+        if self.pending is not None and self.pending[0] == iteration:
+            batch = self.pending[1].result()
+        else:
+            batch = self.batch_fn(iteration)
+        nxt = iteration + 1
+        self.pending = (nxt, self.pool.submit(self.batch_fn, nxt)) if nxt < self.stop else None
+        return batch
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _as_float(value: Any) -> float:
@@ -276,6 +306,7 @@ def train_iterations(
     saved_at = start if resume else -1
     t0 = time.monotonic()
     model.train()
+    batches = _Prefetcher(batch_fn, spec.prefetch, spec.max_iterations)
     try:
         with progress_bar(spec.max_iterations, f"train {run.root.name}", quiet=quiet, start=start) as bar:
             for iteration in range(start, spec.max_iterations):
@@ -284,7 +315,7 @@ def train_iterations(
                     factor = float(spec.lr_schedule(iteration))
                     for group in optimizer.param_groups:
                         group["lr"] = group["initial_lr"] * factor
-                batch = batch_fn(iteration)
+                batch = batches.get(iteration)
                 optimizer.zero_grad(set_to_none=True)
                 loss, logs = step_fn(batch, iteration)
                 fabric.backward(loss)
@@ -339,6 +370,7 @@ def train_iterations(
                 manager.save(spec.max_iterations, final)
             manager.save_named("final", final)
     finally:
+        batches.close()
         if logger is not None:
             logger.close()
     fabric.barrier()

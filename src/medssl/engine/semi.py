@@ -229,6 +229,13 @@ class _Subset:
         return self.base.load(self.indices[i])
 
 
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host tensor to ``device``: through pinned memory to a GPU, so the copy does not block the host."""
+    if torch.device(device).type == "cuda":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
+
+
 def build_semi_batch_fn(
     dataset: VolumeDataset,
     sampler: TwoStreamBatchSampler,
@@ -255,8 +262,8 @@ def build_semi_batch_fn(
             images.append(np.ascontiguousarray(image, dtype=np.float32))
             labels.append(np.ascontiguousarray(label))
             indices.append(idx)
-        image_t = torch.from_numpy(np.stack(images))[:, None].to(device, non_blocking=True)
-        label_t = torch.from_numpy(np.stack(labels).astype(np.int64)).to(device, non_blocking=True)
+        image_t = _to_device(torch.from_numpy(np.stack(images))[:, None], device)
+        label_t = _to_device(torch.from_numpy(np.stack(labels).astype(np.int64)), device)
         return SemiBatch(image=image_t, label=label_t, index=torch.tensor(indices, device=device),
                          labeled_bs=sampler.labeled_bs)
 
@@ -372,7 +379,8 @@ def train_semi(
     spec = LoopSpec(max_iterations=cfg.max_iterations, checkpoint_every=cfg.runtime.checkpoint_every,
                     log_every=cfg.runtime.log_every, keep_checkpoints=cfg.runtime.keep_checkpoints,
                     grad_clip=cfg.optim.grad_clip, lr_schedule=_lr_schedule(cfg.optim),
-                    best_metric="dice" if periodic else None)
+                    best_metric="dice" if periodic else None,
+                    prefetch=fabric.device.type == "cuda")  # CPU: a second thread would compete for the cores
     loop = train_iterations(fabric, run, model, optimizer, batch_fn, step_fn, spec,
                             after_step=method.after_optimizer_step, periodic=periodic,
                             resume=session.resume, quiet=cfg.runtime.quiet)

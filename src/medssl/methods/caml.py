@@ -19,7 +19,7 @@ from torch import Tensor
 from medssl.methods.base import MethodConfig
 from medssl.methods.coral import select_per_class
 from medssl.methods.correlation import Similarity, correlation_consistency_loss, correlation_matrix
-from medssl.methods.pooled import PooledConfig, PooledDualBranchMethod
+from medssl.methods.pooled import HeadOutputs, PooledConfig, PooledDualBranchMethod
 
 
 class CamlConfig(PooledConfig):
@@ -41,7 +41,7 @@ class CamlMethod(PooledDualBranchMethod):
     def correlation_weight(self) -> float:
         return self.config.corr_weight
 
-    def correlation_loss(self, f1: Tensor, f2: Tensor, pseudo: Tensor, conf: Tensor,
+    def correlation_loss(self, f1: HeadOutputs, f2: HeadOutputs, pseudo: Tensor, conf: Tensor,
                          anchors: dict[int, Tensor]) -> tuple[Tensor | None, int]:
         cfg = self.config
         selections = select_per_class(pseudo, conf, cfg.network.n_classes, cfg.num_filtered, both_ends=False)

@@ -8,11 +8,19 @@ rows; ``anchors`` map an anchor class to its (n_c, d) labeled features from the 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
 MIN_ROWS = 2  # an unbiased covariance needs at least two rows
+
+
+class Rows(Protocol):
+    """Feature rows read by index: a (N, d) tensor, or rows computed on demand
+    (:class:`medssl.methods.pooled.HeadOutputs`); ``rows[index]`` is (*index.shape, d)."""
+
+    def __getitem__(self, index: Tensor) -> Tensor: ...
 
 
 def covariance(x: Tensor) -> Tensor:
@@ -166,13 +174,13 @@ def masked_covariance(x: Tensor, valid: Tensor) -> Tensor:
     return centred.transpose(1, 2) @ centred / (n - 1).clamp(min=1)
 
 
-def coral_matrix(features: Tensor, index: Tensor, valid: Tensor, anchors: Tensor,
-                 anchor_valid: Tensor) -> tuple[Tensor, Tensor]:
+def coral_matrix(selected: Tensor, valid: Tensor, anchors: Tensor, anchor_valid: Tensor) -> tuple[Tensor, Tensor]:
     """CORAL distances of every (pseudo-class, anchor-class) pair as fixed-size tensors.
 
     Args:
-        features: (N, d) unlabeled features.
-        index, valid: (U, m) selected rows per pseudo-class (see :func:`select_per_class_fixed`).
+        selected: (U, m, d) the selected unlabeled features of each pseudo-class (``features[index]`` with
+            ``index`` from :func:`select_per_class_fixed`).
+        valid: (U, m) bool, which selected entries exist.
         anchors: (A, n_a, d) anchor features per anchor class.
         anchor_valid: (A,) bool, the anchor classes the pool supplied (at least two rows each).
 
@@ -181,9 +189,9 @@ def coral_matrix(features: Tensor, index: Tensor, valid: Tensor, anchors: Tensor
         bool, true where the pseudo-class has at least two selected rows and the anchor class exists.
         Valid entries equal :func:`coral_distance` to float rounding.
     """
-    d = features.shape[1]
-    cov_u = masked_covariance(features[index], valid)                                     # (U, d, d)
-    cov_a = masked_covariance(anchors.to(features.dtype),
+    d = selected.shape[-1]
+    cov_u = masked_covariance(selected, valid)                                            # (U, d, d)
+    cov_a = masked_covariance(anchors.to(selected.dtype),
                               torch.ones(anchors.shape[:2], dtype=torch.bool, device=anchors.device))
     dist = ((cov_u[:, None] - cov_a[None]) ** 2).sum(dim=(2, 3)) / (4.0 * d * d)         # (U, A)
     pair_valid = (valid.sum(dim=1) >= MIN_ROWS)[:, None] & anchor_valid.to(valid.device)[None, :]
@@ -193,16 +201,17 @@ def coral_matrix(features: Tensor, index: Tensor, valid: Tensor, anchors: Tensor
 def anchor_bank(anchors: Mapping[int, Tensor], n_classes: int, like: Tensor) -> tuple[Tensor, Tensor]:
     """Anchors as one fixed-size tensor: (C, n, d) rows per class (zeros for an absent class) and (C,) bool.
 
-    The classes present are known on the host (the pool decides them from its counts), so building the
-    bank reads nothing back from the device. Every present class must have the same number n of rows
-    (the pool's ``2 * anchors_per_half``); classes with fewer than two rows count as absent.
+    ``like`` gives d (its last axis), the dtype and the device. The classes present are known on the host
+    (the pool decides them from its counts), so building the bank reads nothing back from the device.
+    Every present class must have the same number n of rows (the pool's ``2 * anchors_per_half``);
+    classes with fewer than two rows count as absent.
     """
     present = {c: a for c, a in anchors.items() if a.shape[0] >= MIN_ROWS}
     sizes = {a.shape[0] for a in present.values()}
     if len(sizes) > 1:
         raise ValueError(f"anchor classes differ in size: {sorted(sizes)}")
     n = sizes.pop() if sizes else MIN_ROWS
-    bank = like.new_zeros((n_classes, n, like.shape[1]))
+    bank = like.new_zeros((n_classes, n, like.shape[-1]))
     for c, a in present.items():
         bank[c] = a.to(like.dtype)
     valid = torch.tensor([c in present for c in range(n_classes)], device=like.device)
@@ -238,7 +247,7 @@ def coral_consistency_loss(vec1: Tensor, vec2: Tensor, detach_target: bool = Fal
     return -(target * torch.log_softmax(vec1, dim=0)).sum() / vec1.numel()
 
 
-def coral_chunk_logits(features: Tensor, selections: Mapping[int, Tensor], anchors: Mapping[int, Tensor],
+def coral_chunk_logits(features: Rows, selections: Mapping[int, Tensor], anchors: Mapping[int, Tensor],
                        chunk_size: int, temperature: float) -> Tensor | None:
     """Experimental chunked CCM (not the published method): ``-D / temperature`` per chunk.
 
@@ -273,6 +282,7 @@ def chunked_coral_loss(logits1: Tensor, logits2: Tensor) -> Tensor:
     return 0.5 * (ce12 + ce21) / n
 
 
-__all__ = ["MIN_ROWS", "anchor_bank", "chunked_coral_loss", "coral_chunk_logits", "coral_consistency_loss", "coral_distance",
-           "coral_matrix", "coral_vector", "covariance", "descending_keys", "masked_coral_consistency_loss", "masked_covariance",
-           "select_per_class", "select_per_class_fixed", "select_top", "select_top_bottom"]
+__all__ = ["MIN_ROWS", "Rows", "anchor_bank", "chunked_coral_loss", "coral_chunk_logits", "coral_consistency_loss",
+           "coral_distance", "coral_matrix", "coral_vector", "covariance", "descending_keys",
+           "masked_coral_consistency_loss", "masked_covariance", "select_per_class", "select_per_class_fixed",
+           "select_top", "select_top_bottom"]

@@ -28,7 +28,7 @@ from medssl.methods.coral import (
     select_per_class,
     select_per_class_fixed,
 )
-from medssl.methods.pooled import PooledConfig, PooledDualBranchMethod
+from medssl.methods.pooled import HeadOutputs, PooledConfig, PooledDualBranchMethod
 
 
 class CornConfig(PooledConfig):
@@ -53,7 +53,7 @@ class CornMethod(PooledDualBranchMethod):
     def correlation_weight(self) -> float:
         return self.config.coral_weight
 
-    def correlation_loss(self, f1: Tensor, f2: Tensor, pseudo: Tensor, conf: Tensor,
+    def correlation_loss(self, f1: HeadOutputs, f2: HeadOutputs, pseudo: Tensor, conf: Tensor,
                          anchors: dict[int, Tensor]) -> tuple[Tensor | None, Tensor | int]:
         cfg = self.config
         n_classes = cfg.network.n_classes
@@ -66,9 +66,10 @@ class CornMethod(PooledDualBranchMethod):
             return chunked_coral_loss(l1, l2), int(l1.numel())
         # published vector: fixed-size selections and CORAL terms, no host reads
         index, valid = select_per_class_fixed(pseudo, conf, n_classes, cfg.num_filtered // 4, both_ends=True)
-        bank, bank_valid = anchor_bank(anchors, n_classes, f1)
-        d1, pair_valid = coral_matrix(f1, index, valid, bank, bank_valid)
-        d2, _ = coral_matrix(f2, index, valid, bank, bank_valid)
+        selected1, selected2 = f1[index], f2[index]  # (C, m, d): only these rows are computed in full
+        bank, bank_valid = anchor_bank(anchors, n_classes, selected1)
+        d1, pair_valid = coral_matrix(selected1, valid, bank, bank_valid)
+        d2, _ = coral_matrix(selected2, valid, bank, bank_valid)
         loss = masked_coral_consistency_loss(d1, d2, pair_valid, detach_target=cfg.detach_target)
         return loss, pair_valid.sum().to(loss.dtype)
 

@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from medssl.methods.coral import MIN_ROWS
+from medssl.methods.coral import MIN_ROWS, Rows
 
 Similarity = Literal["cosine", "dot"]
 
 
-def correlation_matrix(features: Tensor, selections: Mapping[int, Tensor], anchors: Mapping[int, Tensor],
+def correlation_matrix(features: Rows, selections: Mapping[int, Tensor], anchors: Mapping[int, Tensor],
                        temperature: float = 0.1, similarity: Similarity = "cosine") -> Tensor | None:
     """Row-wise ``softmax(sim(f, anchors) / temperature)`` over all anchors of all classes.
 

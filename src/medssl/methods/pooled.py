@@ -20,7 +20,7 @@ from typing import ClassVar
 
 import torch
 from pydantic import Field
-from torch import Tensor
+from torch import Tensor, nn
 
 from medssl.methods.base import SemiBatch, StepOutput, check_batch, eval_mode, touch_parameters
 from medssl.methods.dual_branch import DualBranchConfig, DualBranchMethod
@@ -75,10 +75,10 @@ class PooledDualBranchMethod(DualBranchMethod):
         """Maximum weight of the correlation loss."""
         raise NotImplementedError
 
-    def correlation_loss(self, f1: Tensor, f2: Tensor, pseudo: Tensor, conf: Tensor,
+    def correlation_loss(self, f1: HeadOutputs, f2: HeadOutputs, pseudo: Tensor, conf: Tensor,
                          anchors: dict[int, Tensor]) -> tuple[Tensor | None, Tensor | int]:
-        """Loss between the branches' unlabeled features ``f1``, ``f2`` (N, d) given branch-1
-        ``pseudo``-labels and ``conf``-idences (N,); returns ``(loss or None, number of terms)``."""
+        """Loss between the branches' unlabeled features ``f1``, ``f2`` (N rows of d, indexed on demand)
+        given branch-1 ``pseudo``-labels and ``conf``-idences (N,); returns ``(loss or None, number of terms)``."""
         raise NotImplementedError
 
     @staticmethod
@@ -125,8 +125,8 @@ class PooledDualBranchMethod(DualBranchMethod):
         n_terms: Tensor | int = 0
         if plan.n_agree >= 2:  # batch norm in training mode needs two rows
             agree = plan.agree_order[:plan.n_agree]  # agreeing unlabeled voxels in voxel order
-            f1 = self.prediction1(self.projection1(self._rows(emb1[lbs:])[agree]))
-            f2 = self.prediction2(self.projection2(self._rows(emb2[lbs:])[agree]))
+            f1 = head_outputs(self.prediction1, self.projection1(self._rows(emb1[lbs:])[agree]))
+            f2 = head_outputs(self.prediction2, self.projection2(self._rows(emb2[lbs:])[agree]))
             corr, n_terms = self.correlation_loss(f1, f2, pred1[lbs:].reshape(-1)[agree],
                                                   conf1[lbs:].reshape(-1)[agree], anchors)
         if corr is None:  # skipped: a zero that still reaches every head parameter
@@ -143,6 +143,36 @@ class PooledDualBranchMethod(DualBranchMethod):
                 "agree_frac": plan.n_agree / max(n_unlabeled, 1),
                 "anchor_classes": float(len(anchors)), "pool_bytes": float(self.pool.memory_bytes())}
         return StepOutput(loss, logs)
+
+
+class HeadOutputs:
+    """The prediction head's output rows, computed only for the rows asked for.
+
+    The head's last layer is a row-wise ``Linear`` (no batch statistics after it), so ``f[index]`` =
+    ``last(hidden[index])`` equals indexing the full output, values and gradients; the correlation
+    losses read only the few selected rows (CORN: ``num_filtered`` of the ~10^5-10^6 agreeing voxels),
+    and the full (N, d) output is never formed.
+    """
+
+    def __init__(self, hidden: Tensor, last: nn.Module) -> None:
+        self.hidden = hidden  # (N, hidden) activations before the last layer
+        self.last = last
+
+    def __len__(self) -> int:
+        return self.hidden.shape[0]
+
+    def __getitem__(self, index: Tensor) -> Tensor:
+        """``index`` of any shape -> (*index.shape, d)."""
+        return self.last(self.hidden[index])
+
+
+def head_outputs(head: nn.Sequential, x: Tensor) -> HeadOutputs:
+    """``head(x)`` (N, d) as :class:`HeadOutputs`: every layer but the last runs on all N rows (batch norm
+    needs them), the last only on the rows that are read."""
+    *trunk, last = list(head)
+    for layer in trunk:
+        x = layer(x)
+    return HeadOutputs(x, last)
 
 
 @dataclass
@@ -189,5 +219,5 @@ def plan_step(pred1: Tensor, pred2: Tensor, batch: SemiBatch, n_classes: int) ->
                     pool_counts=[per_class[b * n_classes:(b + 1) * n_classes] for b in range(lbs)], keys=keys)
 
 
-__all__ = ["MIB", "PooledConfig", "PooledDualBranchMethod", "StepPlan", "agreement_mask", "both_correct_mask",
+__all__ = ["MIB", "HeadOutputs", "PooledConfig", "PooledDualBranchMethod", "StepPlan", "head_outputs", "agreement_mask", "both_correct_mask",
            "plan_step"]
