@@ -24,7 +24,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import yaml
-from pydantic import Field, field_validator
+from pydantic import BaseModel, Field, SerializeAsAny, ValidationError, ValidationInfo, field_validator
 
 from medssl.config import MedsslConfig, RuntimeConfig, load_config
 from medssl.data.samplers import TwoStreamBatchSampler, sample_seed
@@ -34,7 +34,8 @@ from medssl.engine.evaluate import EvalCase, EvalResult, evaluate_cases
 from medssl.engine.inference import sliding_window_predictor
 from medssl.engine.loop import LoopResult, LoopSpec, PeriodicTask, train_iterations
 from medssl.errors import MedsslInputError
-from medssl.methods import SemiBatch, SemiMethod, create_method, method_config
+from medssl.methods import MethodConfig, SemiBatch, SemiMethod, available_methods, create_method, get_method
+from medssl.methods.registry import describe_validation_error
 from medssl.runtime.checkpoint import CheckpointManager, load_checkpoint
 from medssl.runtime.rundir import PrepareMode, RunDir
 from medssl.runtime.session import start_run
@@ -103,13 +104,21 @@ class InferenceConfig(MedsslConfig):
 
 
 class SemiTrainConfig(MedsslConfig):
-    """Everything ``medssl semi train`` needs; presets live in ``configs/semi/``."""
+    """Everything ``medssl semi train`` needs; presets live in ``configs/semi/``.
+
+    ``method`` names a registered method (:func:`medssl.methods.available_methods`) and is the
+    discriminator of ``method_config``: that section is validated by the method's own config class
+    (``CornConfig`` for ``corn``, a plugin's class for a plugin), so ``cfg.method_config`` is typed and
+    a wrong key fails when the config is loaded. The dispatch goes through the registry rather than a
+    static ``Union`` so that methods registered by plugins take part.
+    """
 
     runtime: RuntimeConfig
     data: SemiDataConfig
     method: str = "corn"
-    method_config: dict[str, Any] = Field(default_factory=dict,
-                                          description="Method hyperparameters (see medssl.methods).")
+    method_config: SerializeAsAny[MethodConfig] = Field(
+        default_factory=MethodConfig, validate_default=True,
+        description="Method hyperparameters (validated by the method's config class).")
     optim: OptimConfig = Field(default_factory=OptimConfig)
     max_iterations: int = Field(15000, ge=1)
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
@@ -120,11 +129,28 @@ class SemiTrainConfig(MedsslConfig):
     @field_validator("method")
     @classmethod
     def _known_method(cls, value: str) -> str:
-        from medssl.methods import METHODS
-
-        if value not in METHODS:
-            raise ValueError(f"expected one of {', '.join(sorted(METHODS))}, got {value!r}")
+        methods = available_methods()
+        if value not in methods:
+            raise ValueError(f"expected one of {', '.join(methods)}, got {value!r}")
         return value
+
+    @field_validator("method_config", mode="plain")
+    @classmethod
+    def _typed_method_config(cls, value: Any, info: ValidationInfo) -> MethodConfig:
+        name = info.data.get("method")
+        if name is None:  # the method name failed validation: that error is the one to report
+            return MethodConfig()
+        config_class = get_method(name).config_class
+        if isinstance(value, config_class):
+            return value
+        if isinstance(value, BaseModel):
+            value = value.model_dump(exclude_unset=True)
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a mapping of {config_class.__name__} keys, got {type(value).__name__}")
+        try:
+            return config_class.model_validate(value)
+        except ValidationError as err:
+            raise ValueError(f"{config_class.__name__}: {describe_validation_error(err)}") from None
 
 
 @dataclass
@@ -294,16 +320,11 @@ def _load_encoder_init(method: SemiMethod, path: Path) -> dict[str, Any]:
 
 
 def resolve_method_settings(cfg: SemiTrainConfig) -> SemiTrainConfig:
-    """Fill method settings that follow from the run: pool slots = labeled volumes, and the
-    iteration count of methods whose schedules depend on it (UA-MT's uncertainty ramp)."""
-    from medssl.methods import METHODS
-
-    fields = METHODS[cfg.method].config_class.model_fields
-    settings = dict(cfg.method_config)
-    if "n_labeled" in fields:
-        settings.setdefault("n_labeled", cfg.data.labeled)
-    if "max_iterations" in fields:
-        settings.setdefault("max_iterations", cfg.max_iterations)
+    """``cfg`` with the method settings that follow from the run filled where unset (see
+    :meth:`medssl.methods.SemiMethod.settings_from_run`: pool slots = labeled volumes, schedules over
+    ``max_iterations``)."""
+    settings = get_method(cfg.method).settings_from_run(cfg.method_config, n_labeled=cfg.data.labeled,
+                                                        max_iterations=cfg.max_iterations)
     return cfg.model_copy(update={"method_config": settings})
 
 
@@ -324,19 +345,19 @@ def train_semi(
         the run directory, the loop result and the evaluation (None without validation cases).
     """
     cfg = resolve_method_settings(cfg)
-    method_cfg = method_config(cfg.method, cfg.method_config)  # validate before creating the run
+    method_class = get_method(cfg.method)
     dataset, splits = open_semi_data(cfg.data)
-    if cfg.data.unlabeled_bs > 0 and not splits.unlabeled and cfg.method != "supervised":
+    if cfg.data.unlabeled_bs > 0 and not splits.unlabeled and method_class.needs_unlabeled:
         raise MedsslInputError("data.labeled", f"method {cfg.method} needs unlabeled volumes; all "
                                f"{len(splits.labeled)} training volumes are labeled")
-    unlabeled_bs = 0 if cfg.method == "supervised" else cfg.data.unlabeled_bs
+    unlabeled_bs = cfg.data.unlabeled_bs if method_class.needs_unlabeled else 0
     _, root = _layout_and_root(cfg.data.spec)
     extra = {"method": cfg.method, "splits": {k: [dataset.case_ids[i] for i in v]
                                               for k, v in vars(splits).items()}}
     session = start_run(cfg.runtime, cfg, mode, command=command, data_paths=[root], extra=extra)
     fabric, run = session.fabric, session.run
 
-    method = create_method(cfg.method, method_cfg)
+    method = method_class(cfg.method_config)
     init_report = _load_encoder_init(method, cfg.init_encoder) if cfg.init_encoder is not None else None
     if init_report is not None and fabric.global_rank == 0:
         fabric.print(f"initialised {', '.join(init_report['modules'])} from {init_report['path']}")

@@ -87,13 +87,30 @@ class StepOutput:
 class SemiMethod(nn.Module):
     """A semi-supervised segmentation method as one small module.
 
-    Subclasses set ``name`` and ``config_class`` and implement :meth:`training_step` and
-    :meth:`segmentation_network`. ``iteration`` arguments count optimiser steps from 0 (the first step
+    Subclasses are registered with ``@register_method("name")``, set ``config_class`` (and capabilities
+    such as ``needs_unlabeled``) and implement :meth:`training_step` and :meth:`segmentation_network`. ``iteration`` arguments count optimiser steps from 0 (the first step
     is iteration 0); methods convert to their reference code's counter where that differs.
     """
 
+    #: registry name, set by :func:`medssl.methods.register_method`.
     name: ClassVar[str]
+    #: the pydantic schema of the method's ``method_config`` section.
     config_class: ClassVar[type[MethodConfig]]
+    #: whether batches carry unlabeled rows (``False``: the engine samples labeled volumes only).
+    needs_unlabeled: ClassVar[bool] = True
+
+    @classmethod
+    def settings_from_run(cls, config: MethodConfig, *, n_labeled: int, max_iterations: int) -> MethodConfig:
+        """``config`` with the settings that follow from the run filled where the user left them unset.
+
+        The default fills the config fields named ``n_labeled`` (feature-pool slots = labeled volumes)
+        and ``max_iterations`` (schedules over the whole run, e.g. UA-MT's uncertainty ramp).
+        """
+        run = {"n_labeled": n_labeled, "max_iterations": max_iterations}
+        fill = {k: v for k, v in run.items() if k in type(config).model_fields and k not in config.model_fields_set}
+        if not fill:
+            return config
+        return type(config).model_validate({**config.model_dump(exclude_unset=True), **fill})
 
     def training_step(self, batch: SemiBatch, iteration: int) -> StepOutput:
         """Compute the loss of ``batch`` at optimiser step ``iteration`` (0-based)."""

@@ -20,6 +20,7 @@ from medssl.methods.base import MethodConfig
 from medssl.methods.coral import select_per_class
 from medssl.methods.correlation import Similarity, correlation_consistency_loss, correlation_matrix
 from medssl.methods.pooled import PooledConfig, PooledDualBranchMethod
+from medssl.methods.registry import register_method
 
 
 class CamlConfig(PooledConfig):
@@ -30,10 +31,10 @@ class CamlConfig(PooledConfig):
     similarity: Similarity = Field("cosine", description="cosine or dot")
 
 
+@register_method("caml")
 class CamlMethod(PooledDualBranchMethod):
     """Dual-branch V-Net + feature pool + cosine correlation consistency."""
 
-    name: ClassVar[str] = "caml"
     config_class: ClassVar[type[MethodConfig]] = CamlConfig
     config: CamlConfig
     loss_key: ClassVar[str] = "corr"

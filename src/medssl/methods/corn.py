@@ -27,6 +27,7 @@ from medssl.methods.coral import (
     select_per_class,
 )
 from medssl.methods.pooled import PooledConfig, PooledDualBranchMethod
+from medssl.methods.registry import register_method
 
 
 class CornConfig(PooledConfig):
@@ -40,10 +41,10 @@ class CornConfig(PooledConfig):
     chunk_temperature: float = Field(0.01, gt=0.0, description="temperature (chunked variant only)")
 
 
+@register_method("corn")
 class CornMethod(PooledDualBranchMethod):
     """CORN (branch 1 is the segmentation network at inference)."""
 
-    name: ClassVar[str] = "corn"
     config_class: ClassVar[type[MethodConfig]] = CornConfig
     config: CornConfig
     loss_key: ClassVar[str] = "coral"
