@@ -15,8 +15,7 @@ from medssl.cli import app, main
 from medssl.config import load_config
 from medssl.engine.semi import SemiTrainConfig, resolve_method_settings
 from medssl.errors import MedsslInputError
-from medssl.methods import CornConfig, SupervisedMethod, available_methods, register_method
-from medssl.methods import registry
+from medssl.methods import CornConfig, SupervisedMethod, available_methods, register_method, registry
 from medssl.runtime.metrics_log import read_metrics
 
 HERE = Path(__file__).resolve().parent
