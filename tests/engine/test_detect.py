@@ -25,7 +25,7 @@ from medssl.engine.detect import (
     image_tensor,
     lr_multiplier,
     open_detect_data,
-    read_encoder_init,
+    read_resnet_body_init,
     train_detector,
 )
 from medssl.errors import MedsslInputError
@@ -188,7 +188,7 @@ def test_encoder_weights_land_in_the_backbone_body(tmp_path: Path) -> None:
     state = _timm_state("resnet18", in_chans=1)
     path = tmp_path / "enc.pt"
     torch.save({"encoder": state, "meta": {"epochs": 1}}, path)
-    init = read_encoder_init(path, "resnet18")
+    init = read_resnet_body_init(path, "resnet18")
     assert init.in_chans == 1 and init.report["loaded"] == len(state)
     assert init.report["missing"] == ["fc.weight", "fc.bias"] and init.report["unexpected"] == []
     for norm in ("frozen_bn", "bn"):
@@ -201,9 +201,9 @@ def test_encoder_weights_land_in_the_backbone_body(tmp_path: Path) -> None:
             assert torch.equal(body[k], state[k]), k
     plain = tmp_path / "plain3.pt"
     torch.save(_timm_state("resnet18", in_chans=3), plain)
-    assert read_encoder_init(plain, "resnet18").in_chans == 3
+    assert read_resnet_body_init(plain, "resnet18").in_chans == 3
     with pytest.raises(MedsslInputError, match="model.in_chans is 1"):
-        read_encoder_init(plain, "resnet18", in_chans=1)
+        read_resnet_body_init(plain, "resnet18", in_chans=1)
 
 
 # ------------------------------------------------------------------------------------ end to end

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from medssl.components import largest_components
 from medssl.engine.inference import (
     default_batch_size,
     pad_widths,
@@ -18,7 +19,6 @@ from medssl.engine.inference import (
     sliding_window_predictor,
     window_positions,
 )
-from medssl.engine.postprocess import largest_connected_component
 from medssl.errors import MedsslInputError
 
 
@@ -182,8 +182,8 @@ def test_probs_to_mask_threshold_and_largest_component() -> None:
     largest = probs_to_mask(torch.from_numpy(probs), largest_component=True)
     assert int(largest.sum()) == 12 and largest[4:6, 4:6, 3:6].all()
     # with face connectivity the corner-touching voxel is its own component
-    assert int(largest_connected_component(mask, connectivity=1).sum()) == 12
-    assert not largest_connected_component(np.zeros((3, 3, 3))).any()
+    assert int(largest_components(mask, connectivity=1).sum()) == 12
+    assert not largest_components(np.zeros((3, 3, 3))).any()
 
 
 def test_predictor_for_evaluation_returns_numpy_probabilities() -> None:

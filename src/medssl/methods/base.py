@@ -17,7 +17,6 @@ pool and its random generator); that state holds only tensors, lists, dicts and 
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar, Literal
@@ -28,6 +27,7 @@ from torch import Tensor, nn
 from medssl.config import MedsslConfig
 from medssl.errors import MedsslInputError
 from medssl.models.vnet import DualBranchVNet, Normalization, VNet
+from medssl.tensors import eval_mode
 
 
 class MethodConfig(MedsslConfig):
@@ -123,6 +123,15 @@ class SemiMethod(nn.Module):
         """The parameters the optimiser updates (EMA teachers excluded)."""
         return (p for p in self.parameters() if p.requires_grad)
 
+    def encoders_to_initialise(self) -> dict[str, nn.Module]:
+        """The V-Net encoders a pretrained encoder file initialises (``--init-encoder``), by module name.
+
+        Default: every submodule whose name ends in ``encoder``, EMA teachers excluded (they copy the
+        student).
+        """
+        return {name: module for name, module in self.named_modules()
+                if name.endswith("encoder") and "teacher" not in name}
+
     def segmentation_network(self) -> nn.Module:
         """The network used at inference: ``logits = net(x)[0]``, (B, n_classes, H, W, D)."""
         raise NotImplementedError
@@ -139,19 +148,6 @@ def check_batch(batch: SemiBatch, need_unlabeled: bool) -> None:
     if batch.label.shape[0] != b or batch.label.shape[1:] != batch.image.shape[2:]:
         raise MedsslInputError("batch", f"label shape {tuple(batch.label.shape)} does not match image "
                                f"shape {tuple(batch.image.shape)}")
-
-
-@contextlib.contextmanager
-def eval_mode(*modules: nn.Module) -> Iterator[None]:
-    """Put ``modules`` in eval mode for the block and restore each one's previous mode afterwards."""
-    previous = [m.training for m in modules]
-    try:
-        for m in modules:
-            m.eval()
-        yield
-    finally:
-        for m, was_training in zip(modules, previous, strict=True):
-            m.train(was_training)
 
 
 def touch_parameters(*modules: nn.Module) -> Tensor:
