@@ -17,7 +17,7 @@ from medssl.data.spec import SegmentationCase, VolumeDataset, open_volume_datase
 from medssl.errors import MedsslInputError
 
 __all__ = ["SemiDataConfig", "SemiSplits", "SubsetDataset", "layout_and_root", "open_case_list", "open_semi_data",
-           "select_cases", "zoomed"]
+           "select_cases", "split_volumes", "zoomed"]
 
 Triple = tuple[int, int, int]
 
@@ -32,7 +32,8 @@ class SemiDataConfig(MedsslConfig):
     in training.
     """
 
-    spec: str = Field(description="'la:<root>', 'folder:<root>' or a bare folder (layout detected).")
+    spec: str | None = Field(None, description="'la:<root>', 'folder:<root>' or a bare folder (layout "
+                             "detected); None when the dataset is passed as an object (train_semi(dataset=...)).")
     split_file: Path | None = Field(None, description="Ordered training list (default <root>/train.list).")
     labeled: int = Field(8, ge=1, description="Number of labeled training volumes (first N of the list).")
     n_val: int | None = Field(None, ge=0, description="Validation volumes from the end of the list "
@@ -87,6 +88,9 @@ def open_semi_data(cfg: SemiDataConfig, cache: bool = True) -> tuple[VolumeDatas
     """
     from medssl.data.la import read_split
 
+    if cfg.spec is None:
+        raise MedsslInputError("data.spec", "required: a data spec such as folder:<root> (or pass the dataset "
+                               "object to train_semi(dataset=...))")
     layout, root = layout_and_root(cfg.spec)
     split_file = _training_list(cfg, layout, root)
     if layout == "la":
@@ -96,8 +100,17 @@ def open_semi_data(cfg: SemiDataConfig, cache: bool = True) -> tuple[VolumeDatas
         if split_file is not None:
             dataset = select_cases(dataset, read_split(split_file), split_file, root, cfg.allow_missing)
     dataset = zoomed(dataset, cfg.zoom, cache)
-    n = len(dataset)
-    n_val = cfg.n_val if cfg.n_val is not None else (16 if layout == "la" else 0)
+    return dataset, split_volumes(len(dataset), cfg, default_n_val=16 if layout == "la" else 0)
+
+
+def split_volumes(n: int, cfg: SemiDataConfig, default_n_val: int = 0) -> SemiSplits:
+    """Split ``n`` ordered training volumes: the last ``n_val`` validate, of the rest the first ``labeled``
+    are labeled and the others (at most ``max_unlabeled``) unlabeled.
+
+    Raises:
+        MedsslInputError: no training volume left, or more labeled volumes than training volumes.
+    """
+    n_val = cfg.n_val if cfg.n_val is not None else default_n_val
     if n_val >= n:
         raise MedsslInputError("data.n_val", f"{n_val} validation volumes leave no training volume of {n}")
     n_train = n - n_val
@@ -107,8 +120,7 @@ def open_semi_data(cfg: SemiDataConfig, cache: bool = True) -> tuple[VolumeDatas
     unlabeled = list(range(cfg.labeled, n_train))
     if cfg.max_unlabeled is not None:
         unlabeled = unlabeled[: cfg.max_unlabeled]
-    return dataset, SemiSplits(labeled=list(range(cfg.labeled)), unlabeled=unlabeled,
-                               val=list(range(n_train, n)))
+    return SemiSplits(labeled=list(range(cfg.labeled)), unlabeled=unlabeled, val=list(range(n_train, n)))
 
 
 class SubsetDataset:

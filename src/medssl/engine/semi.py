@@ -24,7 +24,15 @@ import numpy as np
 import torch
 
 from medssl.data.samplers import TwoStreamBatchSampler, sample_seed
-from medssl.data.semi import SemiDataConfig, SemiSplits, layout_and_root, open_semi_data
+from medssl.data.semi import (
+    SemiDataConfig,
+    SemiSplits,
+    SubsetDataset,
+    layout_and_root,
+    open_semi_data,
+    split_volumes,
+    zoomed,
+)
 from medssl.data.spec import VolumeDataset
 from medssl.data.transforms import LeftAtriumAugment
 from medssl.engine.evaluate import evaluate_cases
@@ -125,6 +133,7 @@ def train_semi(
     mode: PrepareMode = "new",
     *,
     command: Sequence[str] | None = None,
+    dataset: VolumeDataset | None = None,
 ) -> SemiTrainResult:
     """Train ``cfg.method`` semi-supervised and (by default) evaluate it on the validation cases.
 
@@ -132,21 +141,27 @@ def train_semi(
         cfg: the resolved configuration.
         mode: ``"new"``, ``"resume"`` (continue a killed run exactly) or ``"overwrite"``.
         command: the command line recorded in the manifest.
+        dataset: the training volumes as an object (``len``, ``case_ids``, ``load(i)``, e.g. from
+            :func:`medssl.data.spec.open_volume_dataset`) instead of ``cfg.data.spec``; ordered as the
+            training list and split by ``cfg.data`` (:func:`medssl.data.semi.split_volumes`).
 
     Returns:
         the run directory, the loop result and the evaluation (None without validation cases).
     """
     cfg = resolve_method_settings(cfg)
     method_class = get_method(cfg.method)
-    dataset, splits = open_semi_data(cfg.data)
+    if dataset is None:
+        volumes, splits = open_semi_data(cfg.data)
+    else:
+        volumes, splits = zoomed(dataset, cfg.data.zoom), split_volumes(len(dataset), cfg.data)
     if cfg.data.unlabeled_bs > 0 and not splits.unlabeled and method_class.needs_unlabeled:
         raise MedsslInputError("data.labeled", f"method {cfg.method} needs unlabeled volumes; all "
                                f"{len(splits.labeled)} training volumes are labeled")
     unlabeled_bs = cfg.data.unlabeled_bs if method_class.needs_unlabeled else 0
-    _, root = layout_and_root(cfg.data.spec)
-    extra = {"method": cfg.method, "splits": {k: [dataset.case_ids[i] for i in v]
+    data_paths = [layout_and_root(cfg.data.spec)[1]] if cfg.data.spec is not None else []
+    extra = {"method": cfg.method, "splits": {k: [volumes.case_ids[i] for i in v]
                                               for k, v in vars(splits).items()}}
-    session = start_run(cfg.runtime, cfg, mode, command=command, data_paths=[root], extra=extra)
+    session = start_run(cfg.runtime, cfg, mode, command=command, data_paths=data_paths, extra=extra)
     fabric, run = session.fabric, session.run
 
     method = method_class(cfg.method_config)
@@ -158,7 +173,7 @@ def train_semi(
     model, optimizer = fabric.setup(method, optimizer)
     sampler = TwoStreamBatchSampler(splits.labeled, splits.unlabeled, cfg.data.labeled_bs, unlabeled_bs,
                                     seed=cfg.runtime.seed, rank=fabric.global_rank, world_size=fabric.world_size)
-    batch_fn = build_semi_batch_fn(dataset, sampler, cfg.data.patch, fabric.device)
+    batch_fn = build_semi_batch_fn(volumes, sampler, cfg.data.patch, fabric.device)
 
     def step_fn(batch: SemiBatch, iteration: int) -> tuple[torch.Tensor, dict[str, float]]:
         out = model.training_step(batch, iteration)
@@ -166,7 +181,7 @@ def train_semi(
 
     periodic = []
     if cfg.validate_every and splits.val:
-        val_cases = eval_cases(dataset, splits.val)
+        val_cases = eval_cases(volumes, splits.val)
 
         def validate(done: int) -> dict[str, float]:
             predictor = volume_predictor(method.segmentation_network(), cfg.inference, fabric.device)
@@ -185,6 +200,7 @@ def train_semi(
                             resume=session.resume, quiet=cfg.runtime.quiet)
     evaluation = None
     if cfg.evaluate_after and splits.val and fabric.global_rank == 0:
-        evaluation = evaluate_run(run.root, quiet=cfg.runtime.quiet)
+        held_out = SubsetDataset(dataset, splits.val) if dataset is not None else None
+        evaluation = evaluate_run(run.root, quiet=cfg.runtime.quiet, dataset=held_out)
     return SemiTrainResult(run_dir=run.root, loop=loop, evaluation=evaluation, global_rank=fabric.global_rank,
                            init_report=init_report)

@@ -99,6 +99,7 @@ def evaluate_run(
     inference: InferenceConfig | None = None,
     quiet: bool = False,
     reduced_grid: bool = False,
+    dataset: VolumeDataset | None = None,
 ) -> EvalResult:
     """Evaluate a trained run with sliding-window inference.
 
@@ -122,13 +123,16 @@ def evaluate_run(
         out: output folder (default ``<run>/eval_<checkpoint>[_<cases stem>]``).
         inference: override the run's sliding-window settings.
         reduced_grid: score on the run's resampled grid instead of the source grid.
+        dataset: score every case of this dataset object (source grid) instead of ``data`` / ``cases``.
     """
     dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     net, cfg, ckpt_path = load_trained_network(run_dir, checkpoint, dev)
     inf = inference or cfg.inference
     zoom = cfg.data.zoom
     scoring_zoom = zoom if reduced_grid else 1.0  # the grid the cases are loaded (and scored) on
-    if cases is not None:
+    if dataset is not None:
+        indices = list(range(len(dataset)))
+    elif cases is not None:
         dataset = open_case_list(data or cfg.data.spec, cases, cfg.data.allow_missing)
         indices = list(range(len(dataset)))
     elif data is not None and split == "all":
