@@ -139,7 +139,7 @@ class MaskingConfig(MedsslConfig):
 
 
 class PretrainOptimConfig(MedsslConfig):
-    """LAMB with warm-up + cosine learning rate and cosine weight decay (spec/mwm.md section 4).
+    """LAMB with warm-up + cosine learning rate and cosine weight decay (the SparK recipe, Tian et al., ICLR 2023, arXiv:2301.03580, used by Mask What Matters, arXiv:2509.23054; LAMB: You et al., ICLR 2020).
 
     ``batch_size`` counts the images of one step over all processes; the peak learning rate is
     ``base_lr * batch_size / 256``.

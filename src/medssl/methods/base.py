@@ -35,7 +35,7 @@ class MethodConfig(MedsslConfig):
 
 
 class NetworkConfig(MethodConfig):
-    """The V-Net every method trains (spec/corn.md section 1)."""
+    """The V-Net every method trains (the left-atrium V-Net of UA-MT, Yu et al., MICCAI 2019, arXiv:1907.07034, used by CORN (Li et al., IEEE BIBM 2024, arXiv:2410.15916))."""
 
     in_channels: int = Field(1, ge=1)
     n_classes: int = Field(2, ge=2)

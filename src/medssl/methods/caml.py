@@ -1,5 +1,5 @@
 """Cosine-correlation baseline: CORN's "no CCM" ablation, after correlation-aware mutual learning
-(spec/corn.md section 3, last bullet).
+(CAML, Gao et al., MICCAI 2023, arXiv:2307.06312; CORN: Li et al., IEEE BIBM 2024, arXiv:2410.15916).
 
 The top ``num_filtered`` agreeing unlabeled voxels of each pseudo-class (by branch-1 confidence) are
 compared with all pool anchors by cosine similarity; each row becomes ``softmax(sim / temperature)``

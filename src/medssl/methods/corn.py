@@ -1,4 +1,4 @@
-"""CORN: CORAL-correlation consistency with a dynamic feature pool (spec/corn.md sections 2-4).
+"""CORN: CORAL-correlation consistency with a dynamic feature pool (CORN (Li et al., IEEE BIBM 2024, arXiv:2410.15916): losses, CCM and DFP).
 
 Loss ``0.5 L_s + w_c(t) L_c + w_d(t) L_d``. For the CCM term ``L_d``, the agreeing unlabeled voxels of
 each pseudo-class are ranked by branch-1 confidence and the top and bottom ``num_filtered // 4`` are

@@ -1,4 +1,4 @@
-"""Dual-branch baseline (MC-Net style, spec/corn.md section 2 without the CCM): two V-Nets with
+"""Dual-branch baseline (MC-Net, Wu et al., MICCAI 2021, arXiv:2103.02911; CORN (Li et al., IEEE BIBM 2024, arXiv:2410.15916) without the CCM): two V-Nets with
 different upsampling, a supervised loss on both and a cross-branch consistency on every row."""
 
 from __future__ import annotations

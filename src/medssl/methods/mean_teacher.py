@@ -1,4 +1,4 @@
-"""Mean Teacher (spec/corn.md section 7): an EMA teacher's softmax on noisy unlabeled input is the
+"""Mean Teacher (Tarvainen & Valpola, NeurIPS 2017, arXiv:1703.01780): an EMA teacher's softmax on noisy unlabeled input is the
 student's consistency target."""
 
 from __future__ import annotations

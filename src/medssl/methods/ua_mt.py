@@ -1,4 +1,4 @@
-"""Uncertainty-aware Mean Teacher (spec/corn.md section 7): the consistency is restricted to voxels
+"""Uncertainty-aware Mean Teacher (Yu et al., MICCAI 2019, arXiv:1907.07034): the consistency is restricted to voxels
 where the teacher is certain, measured by the entropy of T noisy teacher passes."""
 
 from __future__ import annotations

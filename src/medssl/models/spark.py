@@ -1,4 +1,4 @@
-"""SparK masked image modeling for CNN encoders, 2D and 3D (spec/mwm.md section 4).
+"""SparK masked image modeling for CNN encoders, 2D and 3D (Tian et al., ICLR 2023, arXiv:2301.03580; the model of Mask What Matters, arXiv:2509.23054).
 
 One forward step, for images ``x`` (B, C, *S) and a patch visibility mask (B, *grid) (True = visible):
 
