@@ -281,3 +281,24 @@ def test_zoomed_run_is_scored_on_the_source_grid(atrium: Path, tmp_path: Path) -
     assert reduced["scoring_grid"] == {"grid": "reduced", "training_zoom": 0.5}
     small = nib.load(run / "eval_final_reduced" / "predictions" / f"{val_id}.nii.gz")
     assert small.shape == (20, 20, 12)
+
+
+def test_same_command_twice_gives_identical_metrics(atrium: Path, tmp_path: Path) -> None:
+    """Reproducibility on one machine: the same command (same seed) gives the same training curve and
+    bit-identical evaluation metrics."""
+    def run(name: str) -> Path:
+        args = ["semi", "train", "--method", "corn", "--data", f"folder:{atrium}", "--labeled", "2",
+                "--runs-root", str(tmp_path), "--name", name, "--quiet", "--accelerator", "cpu", "--seed", "7"]
+        for key, value in [("method_config.network.base_width", 4), ("data.n_val", 1),
+                           ("data.patch", "[32,32,16]"), ("data.labeled_bs", 1), ("data.unlabeled_bs", 1),
+                           ("max_iterations", 3), ("inference.patch", "[32,32,16]"),
+                           ("inference.stride", "[16,16,16]")]:
+            args += ["--set", f"{key}={value}"]
+        main(args)
+        return tmp_path / name
+
+    a, b = run("first"), run("second")
+    assert (a / "metrics.csv").read_text() == (b / "metrics.csv").read_text()
+    per_case_a = (a / "eval_final" / "metrics_per_case.csv").read_text()
+    assert per_case_a == (b / "eval_final" / "metrics_per_case.csv").read_text()
+    assert len(per_case_a.splitlines()) == 2  # header + the one validation case

@@ -39,6 +39,7 @@ from medssl.engine.evaluate import evaluate_cases
 from medssl.engine.loop import LoopSpec, PeriodicTask, train_iterations
 from medssl.engine.semi_config import InferenceConfig, OptimConfig, SemiTrainConfig, SemiTrainResult
 from medssl.engine.semi_eval import (
+    RunPredictor,
     eval_cases,
     evaluate_run,
     load_trained_network,
@@ -62,6 +63,7 @@ __all__ = [
     "build_semi_batch_fn",
     "evaluate_run",
     "load_encoder_init",
+    "RunPredictor",
     "load_trained_network",
     "open_semi_data",
     "predict_file",

@@ -24,7 +24,7 @@ from medssl.methods import create_method
 from medssl.runtime.checkpoint import CheckpointManager, load_checkpoint
 from medssl.runtime.rundir import RunDir
 
-__all__ = ["eval_cases", "evaluate_run", "load_trained_network", "predict_file", "read_run_config",
+__all__ = ["RunPredictor", "eval_cases", "evaluate_run", "load_trained_network", "predict_file", "read_run_config",
            "volume_predictor"]
 
 
@@ -165,6 +165,44 @@ def evaluate_run(
     return result
 
 
+class RunPredictor:
+    """A trained run's network, loaded once, as a function of whole scans: image → probabilities.
+
+    Each scan is z-score normalised over the whole volume like the training data; a run trained on
+    resampled volumes (``data.zoom``) predicts on the resampled grid and its probabilities are
+    resampled back to the scan's grid (:func:`resampled_predictor`).
+
+    Args:
+        run_dir: the run directory.
+        checkpoint: ``final`` | ``best`` | ``latest`` | an iteration number.
+        device: torch device (default: CUDA when available, else CPU).
+    """
+
+    def __init__(self, run_dir: str | Path, checkpoint: str = "final", device: str | None = None) -> None:
+        dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.network, self.config, self.checkpoint_path = load_trained_network(run_dir, checkpoint, dev)
+        self._predict = resampled_predictor(volume_predictor(self.network, self.config.inference, dev),
+                                            self.config.data.zoom)
+
+    @property
+    def n_classes(self) -> int:
+        """Number of classes the network predicts (background included)."""
+        return _n_classes(self.network)
+
+    def probabilities(self, image: np.ndarray) -> np.ndarray:
+        """Class probabilities [C, H, W, D] float32 of a scan (H, W, D) on its own grid."""
+        arr = np.asarray(image, dtype=np.float32)
+        arr = (arr - arr.mean()) / max(float(arr.std()), 1e-8)
+        return self._predict(arr)
+
+    def labels(self, image: np.ndarray) -> np.ndarray:
+        """Label map (H, W, D) uint8 of a scan (argmax; the run's largest-component setting)."""
+        from medssl.engine.inference import probs_to_mask
+
+        return probs_to_mask(self.probabilities(image),
+                             largest_component=self.config.inference.largest_component)
+
+
 def predict_file(
     run_dir: str | Path,
     input_path: str | Path,
@@ -173,25 +211,16 @@ def predict_file(
     device: str | None = None,
     probabilities: bool = False,
 ) -> Path:
-    """Segment one scan (NIfTI / NRRD / DICOM / HDF5) and write a NIfTI label map with its geometry.
-
-    The scan is z-score normalised over the whole volume like the training data; a run trained on
-    resampled volumes (``data.zoom``) predicts on the resampled grid and the probabilities are
-    resampled back to the scan's grid.
-    """
+    """Segment one scan (NIfTI / NRRD / DICOM / HDF5) and write a NIfTI label map with its geometry
+    (see :class:`RunPredictor`); ``probabilities`` also writes the foreground probability map."""
     from medssl.data.io import read_image, write_nifti
     from medssl.engine.inference import probs_to_mask
 
-    dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    net, cfg, _ = load_trained_network(run_dir, checkpoint, dev)
+    predictor = RunPredictor(run_dir, checkpoint, device)
     img = read_image(input_path, ndim=3)
-    arr = np.asarray(img.array, dtype=np.float32)
-    arr = (arr - arr.mean()) / max(float(arr.std()), 1e-8)
-    probs = resampled_predictor(volume_predictor(net, cfg.inference, dev), cfg.data.zoom)(arr)
-    mask = probs_to_mask(probs, largest_component=cfg.inference.largest_component)
+    probs = predictor.probabilities(img.array)
+    mask = probs_to_mask(probs, largest_component=predictor.config.inference.largest_component)
     out = write_nifti(out_path, mask, img.affine)
     if probabilities:
         write_nifti(Path(str(out_path).replace(".nii", "_prob.nii")), probs[1].astype(np.float32), img.affine)
     return out
-
-
