@@ -221,7 +221,7 @@ def _resolve_in_chans(cfg: ClassifyConfig, data: ClassificationData, init_chans:
 
 
 def train_classifier(cfg: ClassifyConfig, mode: PrepareMode = "new", *,
-                     command: Sequence[str] | None = None) -> ClassifyResult:
+                     command: Sequence[str] | None = None, data: ClassificationData | None = None) -> ClassifyResult:
     """Fine-tune ``cfg.model.backbone`` on ``cfg.data`` and write ``results.json`` / ``results.md``.
 
     Data, the init file and the batch size are checked before anything is written.
@@ -230,8 +230,9 @@ def train_classifier(cfg: ClassifyConfig, mode: PrepareMode = "new", *,
         cfg: the resolved configuration.
         mode: ``"new"``, ``"resume"`` (continue a killed run exactly) or ``"overwrite"``.
         command: the command line recorded in the manifest.
+        data: the opened splits as an object (default: :func:`open_classification_data` of ``cfg.data``).
     """
-    data = open_classification_data(cfg.data, cfg.runtime.seed)
+    data = data if data is not None else open_classification_data(cfg.data, cfg.runtime.seed)
     num_classes = len(data.classes)
     init_state, init_layout, init_chans = None, "", None
     if cfg.init is not None:

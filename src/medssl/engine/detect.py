@@ -139,6 +139,7 @@ def train_detector(
     mode: PrepareMode = "new",
     *,
     command: Sequence[str] | None = None,
+    data: DetectData | None = None,
 ) -> DetectResult:
     """Fine-tune Mask R-CNN and report COCO BoxAP / MaskAP on the validation images.
 
@@ -150,6 +151,7 @@ def train_detector(
             in the run's ``config.yaml``).
         mode: ``"new"``, ``"resume"`` (continue a stopped run exactly) or ``"overwrite"``.
         command: the command line recorded in the manifest.
+        data: the opened COCO splits as an object (default: :func:`open_detect_data` of ``cfg.data``).
 
     Returns:
         the run directory, the loop result, final / best validation metrics and written files
@@ -157,7 +159,7 @@ def train_detector(
     """
     from medssl.runtime.session import start_run
 
-    data = open_detect_data(cfg.data)
+    data = data if data is not None else open_detect_data(cfg.data)
     init = None
     if cfg.init is not None and (mode != "resume" or Path(cfg.init).is_file()):  # resuming needs only the run
         init = read_resnet_body_init(cfg.init, cfg.model.backbone, cfg.model.in_chans)
