@@ -133,7 +133,11 @@ def evaluate_run(
     if dataset is not None:
         indices = list(range(len(dataset)))
     elif cases is not None:
-        dataset = open_case_list(data or cfg.data.spec, cases, cfg.data.allow_missing)
+        spec = data or cfg.data.spec
+        if spec is None:
+            raise MedsslInputError(run_dir, "the run was trained on a dataset object: pass data=SPEC (or "
+                                   "dataset=...) to say where the listed cases are")
+        dataset = open_case_list(spec, cases, cfg.data.allow_missing)
         indices = list(range(len(dataset)))
     elif data is not None and split == "all":
         dataset = open_volume_dataset(data, cache=False)

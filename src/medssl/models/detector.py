@@ -28,18 +28,41 @@ _BlockCounts = {"resnet18": ("basic", (2, 2, 2, 2)), "resnet34": ("basic", (3, 4
 class DetectorSettings(Protocol):
     """What :func:`build_detector` reads (``medssl.engine.detect_config.DetectModelConfig`` provides it)."""
 
-    backbone: str
-    trainable_layers: int
-    norm: str
-    min_size: int
-    max_size: int
-    anchor_sizes: Sequence[int]
-    detections_per_image: int
-    rpn_proposals_train: int
-    rpn_proposals_test: int
-    roi_batch_size: int
-    fpn_channels: int
-    box_head_dim: int
+    @property
+    def backbone(self) -> str: ...
+
+    @property
+    def trainable_layers(self) -> int: ...
+
+    @property
+    def norm(self) -> str: ...
+
+    @property
+    def min_size(self) -> int: ...
+
+    @property
+    def max_size(self) -> int: ...
+
+    @property
+    def anchor_sizes(self) -> Sequence[int]: ...
+
+    @property
+    def detections_per_image(self) -> int: ...
+
+    @property
+    def rpn_proposals_train(self) -> int: ...
+
+    @property
+    def rpn_proposals_test(self) -> int: ...
+
+    @property
+    def roi_batch_size(self) -> int: ...
+
+    @property
+    def fpn_channels(self) -> int: ...
+
+    @property
+    def box_head_dim(self) -> int: ...
 
 
 def resnet_body(backbone: str, in_chans: int, norm: str) -> nn.Module:
