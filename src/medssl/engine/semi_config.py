@@ -83,7 +83,7 @@ class SemiTrainConfig(MedsslConfig):
         if name is None:  # the method name failed validation: that error is the one to report
             return MethodConfig()
         config_class = get_method(name).config_class
-        if isinstance(value, config_class):
+        if type(value) is config_class:  # a subclass (UAMTConfig for mean_teacher) is re-validated
             return value
         if isinstance(value, BaseModel):
             value = value.model_dump(exclude_unset=True)

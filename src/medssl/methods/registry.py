@@ -126,7 +126,7 @@ def method_config(name: str, config: Mapping[str, Any] | BaseModel | None = None
         MedsslInputError: unknown method name (the message lists the valid ones) or invalid values.
     """
     cls = get_method(name).config_class
-    if isinstance(config, cls):
+    if type(config) is cls:
         return config
     data = config.model_dump(exclude_unset=True) if isinstance(config, BaseModel) else dict(config or {})
     try:
