@@ -202,3 +202,26 @@ def test_fixed_coral_terms_equal_the_vector_form() -> None:
     loss = masked_coral_consistency_loss(d, d, pair_valid)
     loss.backward()
     assert loss.item() == 0.0 and not pair_valid.any() and bool((f.grad == 0).all())
+
+
+def test_masked_correlation_equals_the_per_class_form() -> None:
+    from medssl.methods.correlation import masked_correlation_consistency_loss, masked_correlation_rows
+
+    rng = np.random.default_rng(4)
+    feats, feats2 = (torch.from_numpy(rng.normal(size=(40, 3))) for _ in range(2))
+    anchors = {0: torch.from_numpy(rng.normal(size=(6, 3))), 1: torch.from_numpy(rng.normal(size=(5, 3)))}
+    conf = torch.from_numpy(rng.random(40))
+    for pseudo in (torch.from_numpy(rng.integers(0, 2, size=40)), torch.where(torch.arange(40) == 3, 1, 0)):
+        reference = {c: torch.tensor(v) for c, v in _reference_select(pseudo, conf, 2, 6, False).items()}
+        c1 = correlation_matrix(feats, reference, anchors, temperature=0.1)
+        c2 = correlation_matrix(feats2, reference, anchors, temperature=0.1)
+        expected = correlation_consistency_loss(c1, c2)
+        index, valid = select_per_class_fixed(pseudo, conf, 2, 6, both_ends=False)
+        m1 = masked_correlation_rows(feats[index], valid, anchors, temperature=0.1)
+        m2 = masked_correlation_rows(feats2[index], valid, anchors, temperature=0.1)
+        assert m1 is not None and m2 is not None
+        (p1, rows), (p2, _) = m1, m2
+        assert int(rows.sum()) == c1.shape[0]  # a one-row class is left out, as in the per-class form
+        torch.testing.assert_close(p1[rows], c1)
+        torch.testing.assert_close(masked_correlation_consistency_loss(p1, p2, rows), expected)
+    assert masked_correlation_rows(feats[index], valid, {}) is None

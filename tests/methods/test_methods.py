@@ -285,14 +285,16 @@ def test_plain_methods_never_read_the_host(name: str) -> None:
     assert set(log_values(out.logs)) == set(out.logs)
 
 
-def test_corn_step_reads_the_host_once() -> None:
+@pytest.mark.parametrize("name", ["corn", "caml"])
+def test_pooled_step_reads_the_host_once(name: str) -> None:
     # POOLED: a 0.1 MiB pool, so the slots are subsampled and the subsampling draws run as well
     torch.manual_seed(0)
-    method = create_method("corn", CONFIGS["corn"]).train()
+    method = create_method(name, CONFIGS[name]).train()
     method.training_step(make_batch(1), 0)  # fills the pool: the second step also samples anchors
     with count_host_reads() as reads:
         out = method.training_step(make_batch(2), 1)
-    assert log_values(out.logs)["coral_terms"] > 0 and log_values(out.logs)["anchor_classes"] > 0
+    logs = log_values(out.logs)
+    assert logs[f"{method.loss_key}_terms"] > 0 and logs["anchor_classes"] > 0
     device_reads = [e for e in reads.events if "feature_pool.py" not in e]
     # the one read: the agreeing-voxel count and the pool's per-class counts and slot keys, together
     assert len(device_reads) == 1 and device_reads[0].startswith("tolist at pooled.py"), reads.events

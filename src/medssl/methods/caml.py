@@ -17,8 +17,12 @@ from pydantic import Field
 from torch import Tensor
 
 from medssl.methods.base import MethodConfig
-from medssl.methods.coral import select_per_class
-from medssl.methods.correlation import Similarity, correlation_consistency_loss, correlation_matrix
+from medssl.methods.coral import select_per_class_fixed
+from medssl.methods.correlation import (
+    Similarity,
+    masked_correlation_consistency_loss,
+    masked_correlation_rows,
+)
 from medssl.methods.pooled import HeadOutputs, PooledConfig, PooledDualBranchMethod
 from medssl.methods.registry import register_method
 
@@ -43,14 +47,16 @@ class CamlMethod(PooledDualBranchMethod):
         return self.config.corr_weight
 
     def correlation_loss(self, f1: HeadOutputs, f2: HeadOutputs, pseudo: Tensor, conf: Tensor,
-                         anchors: dict[int, Tensor]) -> tuple[Tensor | None, int]:
+                         anchors: dict[int, Tensor]) -> tuple[Tensor | None, Tensor | int]:
         cfg = self.config
-        selections = select_per_class(pseudo, conf, cfg.network.n_classes, cfg.num_filtered, both_ends=False)
-        c1 = correlation_matrix(f1, selections, anchors, cfg.corr_temperature, cfg.similarity)
-        c2 = correlation_matrix(f2, selections, anchors, cfg.corr_temperature, cfg.similarity)
+        index, valid = select_per_class_fixed(pseudo, conf, cfg.network.n_classes, cfg.num_filtered, both_ends=False)
+        c1 = masked_correlation_rows(f1[index], valid, anchors, cfg.corr_temperature, cfg.similarity)
+        c2 = masked_correlation_rows(f2[index], valid, anchors, cfg.corr_temperature, cfg.similarity)
         if c1 is None or c2 is None:
             return None, 0
-        return correlation_consistency_loss(c1, c2, detach_target=cfg.detach_target), int(c1.shape[0])
+        (p1, rows), (p2, _) = c1, c2
+        loss = masked_correlation_consistency_loss(p1, p2, rows, detach_target=cfg.detach_target)
+        return loss, rows.sum().to(loss.dtype)
 
 
 __all__ = ["CamlConfig", "CamlMethod"]

@@ -44,6 +44,40 @@ def correlation_matrix(features: Rows, selections: Mapping[int, Tensor], anchors
     return torch.softmax(rows @ bank.T / temperature, dim=1)
 
 
+def masked_correlation_rows(selected: Tensor, valid: Tensor, anchors: Mapping[int, Tensor],
+                            temperature: float = 0.1, similarity: Similarity = "cosine") -> tuple[Tensor, Tensor] | None:
+    """:func:`correlation_matrix` over fixed-size selections, without host reads.
+
+    Args:
+        selected: (C, m, d) selected features per pseudo-class (``features[index]``).
+        valid: (C, m) bool, the entries that exist; a class with fewer than two is left out, as in
+            :func:`correlation_matrix`.
+        anchors, temperature, similarity: as in :func:`correlation_matrix` (which anchor classes exist is
+            known on the host).
+
+    Returns:
+        ``(probabilities (C * m, n_anchors), row_valid (C * m,))``, or ``None`` without anchors.
+    """
+    bank_parts = [anchors[a] for a in sorted(anchors) if anchors[a].shape[0] >= MIN_ROWS]
+    if not bank_parts:
+        return None
+    rows = selected.reshape(-1, selected.shape[-1])
+    bank = torch.cat(bank_parts).to(rows.dtype)
+    if similarity == "cosine":
+        rows = F.normalize(rows, dim=1)
+        bank = F.normalize(bank, dim=1)
+    row_valid = (valid & (valid.sum(dim=1, keepdim=True) >= MIN_ROWS)).reshape(-1)
+    return torch.softmax(rows @ bank.T / temperature, dim=1), row_valid
+
+
+def masked_correlation_consistency_loss(corr1: Tensor, corr2: Tensor, row_valid: Tensor,
+                                        detach_target: bool = False, eps: float = 1e-8) -> Tensor:
+    """:func:`correlation_consistency_loss` over the ``row_valid`` rows (0 with zero gradients if none)."""
+    target = corr2.detach() if detach_target else corr2
+    per_row = -(target * torch.log(corr1 + eps)).sum(dim=1)
+    return torch.where(row_valid, per_row, torch.zeros_like(per_row)).sum() / row_valid.sum().clamp(min=1)
+
+
 def correlation_consistency_loss(corr1: Tensor, corr2: Tensor, detach_target: bool = False,
                                  eps: float = 1e-8) -> Tensor:
     """``sum(-corr2 * log(corr1 + eps)) / n_rows``: branch 1's correlations against branch 2's as target
@@ -52,4 +86,5 @@ def correlation_consistency_loss(corr1: Tensor, corr2: Tensor, detach_target: bo
     return -(target * torch.log(corr1 + eps)).sum() / corr1.shape[0]
 
 
-__all__ = ["Similarity", "correlation_consistency_loss", "correlation_matrix"]
+__all__ = ["Similarity", "correlation_consistency_loss", "correlation_matrix", "masked_correlation_consistency_loss",
+           "masked_correlation_rows"]
