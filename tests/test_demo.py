@@ -8,14 +8,21 @@ from pathlib import Path
 
 import pytest
 
-from medssl.demo import DEMO_DATASETS, DEMO_PROMPTS, QUICK_COUNTS, run_demo
+from medssl.demo import (
+    DEMO_DATASETS,
+    DEMO_PROMPTS,
+    QUICK_CORN_ITERATIONS,
+    QUICK_COUNTS,
+    QUICK_PRETRAIN_EPOCHS,
+    run_demo,
+)
 from medssl.errors import MedsslInputError
 from medssl.runtime.metrics_log import read_metrics
 
 
 def test_demo_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    result = run_demo(out, quiet=True, iterations=2, pretrain_epochs=1, quick=True)
+    result = run_demo(out, quiet=True, iterations=QUICK_CORN_ITERATIONS, pretrain_epochs=QUICK_PRETRAIN_EPOCHS, quick=True)
     assert set(result.datasets) == {name for name, _, _ in DEMO_DATASETS}
     for name, _, _ in DEMO_DATASETS:
         images = list((result.datasets[name] / "images").iterdir())

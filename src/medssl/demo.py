@@ -29,11 +29,14 @@ from typing import Any
 from medssl.errors import MedsslInputError
 
 #: (dataset, number of cases, image size or None for the dataset's default) synthesized by the demo;
-#: atrium3d at 64x64x48 voxels (1.875 mm) to match the CPU presets in configs/semi/atrium3d_*.yaml.
+#: atrium3d at 64x64x48 voxels (1.875 mm) to match the CPU presets in semi presets atrium3d_*.
 DEMO_DATASETS: tuple[tuple[str, int, tuple[int, ...] | None], ...] = (
     ("atrium3d", 16, (64, 64, 48)), ("brain2d", 24, None), ("brain3d", 4, None), ("chest2d", 24, None))
 #: Smaller case counts of ``run_demo(quick=True)`` (tests): just enough for every step to run.
 QUICK_COUNTS = {"atrium3d": 10, "brain2d": 4, "brain3d": 2, "chest2d": 4}
+#: Training lengths of ``medssl demo --quick`` (an install check, not a result).
+QUICK_CORN_ITERATIONS = 2
+QUICK_PRETRAIN_EPOCHS = 1
 #: (dataset, prompt) localized with the ``structures`` backend; atrium3d's ROI guides the pretraining.
 DEMO_PROMPTS: tuple[tuple[str, str], ...] = (
     ("atrium3d", "A cardiac MRI highlighting the left atrium"),
@@ -41,7 +44,6 @@ DEMO_PROMPTS: tuple[tuple[str, str], ...] = (
     ("brain2d", "A brain MRI showing a suspicious irregular mass suggestive of a tumour"),
 )
 DEMO_SEED = 0
-CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
 @dataclass
@@ -155,11 +157,21 @@ def _localize(result: DemoResult, quiet: bool) -> None:
         print(f"[demo] localized {name}: {result.localization[name]}")
 
 
+def _preset(name: str, group: str) -> Path:
+    """The packaged preset the demo trains with (present in every install)."""
+    from medssl.presets import preset_path
+
+    path = preset_path(name, group)
+    if path is None:
+        raise RuntimeError(f"the packaged preset {group}/{name} is missing from this medssl install")
+    return path
+
+
 def _pretrain(result: DemoResult, quiet: bool, epochs: int | None) -> None:
     from medssl.config import load_config
     from medssl.engine.pretrain import PretrainConfig, export_encoder_checked, train_pretrain
 
-    cfg = load_config(PretrainConfig, CONFIGS_DIR / "pretrain" / "atrium3d_vnet_guided.yaml",
+    cfg = load_config(PretrainConfig, _preset("atrium3d_vnet_guided", "pretrain"),
                       base={"runtime": {"name": "mwm_atrium3d"}})
     cfg.runtime.runs_root, cfg.runtime.quiet = result.root / "runs", quiet
     cfg.data.folder = result.datasets["atrium3d"]
@@ -179,7 +191,7 @@ def _train_corn(result: DemoResult, quiet: bool, iterations: int | None) -> None
     from medssl.config import load_config
     from medssl.engine.semi import SemiTrainConfig, train_semi
 
-    cfg = load_config(SemiTrainConfig, CONFIGS_DIR / "semi" / "atrium3d_corn.yaml",
+    cfg = load_config(SemiTrainConfig, _preset("atrium3d_corn", "semi"),
                       base={"runtime": {"name": "corn_atrium3d"}})
     cfg.runtime.runs_root, cfg.runtime.quiet = result.root / "runs", quiet
     cfg.data.spec = f"folder:{result.datasets['atrium3d']}"
