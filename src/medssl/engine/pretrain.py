@@ -4,8 +4,9 @@ The Python API behind ``medssl pretrain``::
 
     from medssl.config import load_config
     from medssl.engine.pretrain import PretrainConfig, train_pretrain, export_encoder
+    from medssl.presets import preset_path
 
-    cfg = load_config(PretrainConfig, "configs/pretrain/brain2d_resnet18_guided.yaml",
+    cfg = load_config(PretrainConfig, preset_path("brain2d_resnet18_guided", "pretrain"),
                       base={"runtime": {"name": "mwm"}, "data": {"folder": "data/brain2d",
                                                                  "roi_cache": "data/brain2d_roi"}})
     result = train_pretrain(cfg)                              # runs/mwm/...
@@ -70,7 +71,7 @@ from medssl.masking import (
 )
 from medssl.runtime.atomic import atomic_path, write_json_atomic
 from medssl.runtime.checkpoint import CheckpointManager, load_checkpoint, save_checkpoint
-from medssl.runtime.rundir import PrepareMode, RunDir
+from medssl.runtime.rundir import PrepareMode, RunDir, discard_failed_start
 from medssl.runtime.session import start_run
 
 if TYPE_CHECKING:
@@ -162,7 +163,7 @@ class PretrainOptimConfig(MedsslConfig):
 
 
 class PretrainConfig(MedsslConfig):
-    """Everything ``medssl pretrain run`` needs; presets live in ``configs/pretrain/``."""
+    """Everything ``medssl pretrain run`` needs; presets: ``medssl presets pretrain``."""
 
     runtime: RuntimeConfig
     data: PretrainDataConfig
@@ -384,6 +385,7 @@ def write_preview(spark: SparK, dataset: PretrainDataset, masking: MaskingConfig
 
 
 # -------------------------------------------------------------------------------------- training
+@discard_failed_start()
 def train_pretrain(cfg: PretrainConfig, mode: PrepareMode = "new", *,
                    command: Sequence[str] | None = None) -> PretrainResult:
     """Pretrain an encoder with SparK and random or region-guided masks.
@@ -571,15 +573,16 @@ def export_encoder_checked(run_dir: str | Path, format: Literal["timm", "vnet"],
     n_params = sum(p.numel() for p in dense.parameters())
     check = f"loaded strictly into {target}: {len(weights)} tensors, {n_params:,} parameters"
     out = Path(out)
-    save_checkpoint(out, weights)
-    sidecar = out.with_name(out.name + ".json")
-    write_json_atomic(sidecar, {
+    details = {  # gathered before anything is written: a failure here leaves no partial export
         "format": format, "target": target, "run": str(Path(run_dir).resolve()), "checkpoint": str(path),
         "iteration": state.get("iteration"), "backbone": m.backbone, "dims": m.dims, "in_chans": m.in_chans,
         "input_mode": m.input_mode, "vnet_width": m.vnet_width if m.dims == 3 else None,
         "masking": cfg.masking.model_dump(), "normalization": _run_normalization(Path(run_dir)),
         "tensors": len(weights), "parameters": n_params, "check": check,
-    })
+    }
+    save_checkpoint(out, weights)
+    sidecar = out.with_name(out.name + ".json")
+    write_json_atomic(sidecar, details)
     return EncoderExport(path=out, sidecar=sidecar, format=format, target=target, tensors=len(weights),
                          parameters=n_params, check=check)
 

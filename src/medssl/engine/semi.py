@@ -3,8 +3,9 @@
 The Python API behind ``medssl semi``::
 
     from medssl.engine.semi import SemiTrainConfig, train_semi, evaluate_run, predict_file
+    from medssl.presets import preset_path
 
-    cfg = load_config(SemiTrainConfig, "configs/semi/atrium3d_corn.yaml",
+    cfg = load_config(SemiTrainConfig, preset_path("atrium3d_corn", "semi"),
                       base={"runtime": {"name": "corn_demo"}, "data": {"spec": "folder:data/atrium3d"}})
     result = train_semi(cfg)                    # runs/corn_demo/...
     evaluate_run(result.run_dir)                # metrics on the validation / test cases
@@ -36,7 +37,7 @@ from medssl.engine.loop import LoopResult, LoopSpec, PeriodicTask, train_iterati
 from medssl.errors import MedsslInputError
 from medssl.methods import SemiBatch, SemiMethod, create_method, method_config
 from medssl.runtime.checkpoint import CheckpointManager, load_checkpoint
-from medssl.runtime.rundir import PrepareMode, RunDir
+from medssl.runtime.rundir import PrepareMode, RunDir, discard_failed_start
 from medssl.runtime.session import start_run
 
 __all__ = [
@@ -103,7 +104,7 @@ class InferenceConfig(MedsslConfig):
 
 
 class SemiTrainConfig(MedsslConfig):
-    """Everything ``medssl semi train`` needs; presets live in ``configs/semi/``."""
+    """Everything ``medssl semi train`` needs; presets: ``medssl presets semi``."""
 
     runtime: RuntimeConfig
     data: SemiDataConfig
@@ -307,6 +308,7 @@ def resolve_method_settings(cfg: SemiTrainConfig) -> SemiTrainConfig:
     return cfg.model_copy(update={"method_config": settings})
 
 
+@discard_failed_start()
 def train_semi(
     cfg: SemiTrainConfig,
     mode: PrepareMode = "new",
