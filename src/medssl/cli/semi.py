@@ -18,7 +18,7 @@ app = typer.Typer(help="Semi-supervised 3D segmentation: train, evaluate, predic
 @app.command("train")
 def train(
     method: str | None = typer.Option(None, "--method", help="supervised | mean_teacher | ua_mt | dual_branch | caml | corn"),
-    data: str | None = typer.Option(None, "--data", help="Data spec: la:<root>, folder:<root> or a folder."),
+    data: str | None = typer.Option(None, "--data", help="Data spec: la:<root>, folder:<root>, nnunet:<root> or a folder."),
     labeled: int | None = typer.Option(None, "--labeled", help="Number of labeled training volumes."),
     config: Path | None = typer.Option(None, "--config", help="YAML preset (a file or a preset name: medssl presets semi)."),
     name: str | None = typer.Option(None, "--name", help="Run name (default <method>_<labeled>l_s<seed>)."),

@@ -401,6 +401,7 @@ def train_pretrain(cfg: PretrainConfig, mode: PrepareMode = "new", *,
     Raises:
         MedsslInputError: bad data, ROI maps, model or masking settings; raised before anything is written.
     """
+    from medssl.data.nnunet import nnunet_root
     from medssl.models.spark import build_spark
 
     _check_model(cfg.model)
@@ -419,7 +420,7 @@ def train_pretrain(cfg: PretrainConfig, mode: PrepareMode = "new", *,
     expected = expected_mask_ratios(dataset, patch, cfg.masking)
     extra = {"pretrain": {"expected_mask_ratio": expected, "data": data_report, "grid": list(grid),
                           "patch_size": patch}}
-    data_paths: list[Path] = [Path(cfg.data.folder)]
+    data_paths: list[Path] = [nnunet_root(cfg.data.folder) or Path(cfg.data.folder)]
     if cfg.data.roi_cache is not None:
         data_paths.append(Path(cfg.data.roi_cache))
     session = start_run(cfg.runtime, cfg, mode, command=command, data_paths=data_paths, extra=extra)

@@ -62,13 +62,15 @@ class SemiDataConfig(MedsslConfig):
     """Which volumes are labeled, unlabeled and held out for validation.
 
     The training list is ``split_file`` (default ``<root>/train.list``, else every case of the dataset
-    in sorted order). Its last ``n_val`` entries are validation; of the rest, the first ``labeled`` are
-    labeled and the others unlabeled. For the left-atrium benchmark (80 public training cases) this is
+    in sorted order; ``nnunet:`` datasets: the labelled cases, then the unlabeled ones). Its last ``n_val``
+    labelled entries are validation; of the rest, the first ``labeled`` labelled ones are labeled and the
+    others unlabeled. For the left-atrium benchmark (80 public training cases) this is
     64 training cases (first N labeled) and 16 validation cases; the 20 standard test cases are never used
     in training.
     """
 
-    spec: str = Field(description="'la:<root>', 'folder:<root>' or a bare folder (layout detected).")
+    spec: str = Field(description="'la:<root>', 'folder:<root>', 'nnunet:<root>' or a bare folder (layout "
+                      "detected).")
     split_file: Path | None = Field(None, description="Ordered training list (default <root>/train.list).")
     labeled: int = Field(8, ge=1, description="Number of labeled training volumes (first N of the list).")
     n_val: int | None = Field(None, ge=0, description="Validation volumes from the end of the list "
@@ -192,23 +194,47 @@ def open_semi_data(cfg: SemiDataConfig) -> tuple[VolumeDataset, SemiSplits]:
                 raise MedsslInputError(split_file, f"split list names {len(missing)} case(s) absent from "
                                        f"{root}: {', '.join(missing[:5])}")
             dataset = _Subset(dataset, [present[c] for c in wanted if c in present])
+    with_label = _with_label(dataset)
     if cfg.zoom != 1.0:
         from medssl.data.resample import ZoomedDataset
 
         dataset = ZoomedDataset(dataset, cfg.zoom)
-    n = len(dataset)
     n_val = cfg.n_val if cfg.n_val is not None else (16 if layout == "la" else 0)
-    if n_val >= n:
-        raise MedsslInputError("data.n_val", f"{n_val} validation volumes leave no training volume of {n}")
-    n_train = n - n_val
-    if cfg.labeled > n_train:
-        raise MedsslInputError("data.labeled", f"{cfg.labeled} labeled volumes requested but only {n_train} "
-                               "training volumes exist")
-    unlabeled = list(range(cfg.labeled, n_train))
-    if cfg.max_unlabeled is not None:
-        unlabeled = unlabeled[: cfg.max_unlabeled]
-    return dataset, SemiSplits(labeled=list(range(cfg.labeled)), unlabeled=unlabeled,
-                               val=list(range(n_train, n)))
+    return dataset, split_cases(with_label, cfg.labeled, n_val, cfg.max_unlabeled)
+
+
+def _with_label(dataset: VolumeDataset) -> list[bool]:
+    """Which cases have a label file (layouts without per-case label files: all of them)."""
+    paths = getattr(dataset, "label_paths", None)
+    return [p is not None for p in paths] if paths is not None else [True] * len(dataset)
+
+
+def split_cases(with_label: Sequence[bool], labeled: int, n_val: int, max_unlabeled: int | None = None) -> SemiSplits:
+    """Labeled, unlabeled and validation indices of an ordered training list.
+
+    The last ``n_val`` cases that have a label are validation, the first ``labeled`` cases that have a label
+    are labeled, every other case is unlabeled (at most ``max_unlabeled``), in list order. When every case
+    has a label this is the list split of :class:`SemiDataConfig`.
+
+    Raises:
+        MedsslInputError: too few labelled cases for ``n_val`` and ``labeled``.
+    """
+    labelled = [i for i, has in enumerate(with_label) if has]
+    if n_val >= len(labelled):
+        raise MedsslInputError("data.n_val", f"{n_val} validation volumes leave no training volume of "
+                               f"{len(labelled)}" + ("" if len(labelled) == len(with_label) else " labelled"))
+    val = labelled[len(labelled) - n_val:]
+    n_train = len(labelled) - n_val
+    if labeled > n_train:
+        raise MedsslInputError("data.labeled", f"{labeled} labeled volumes requested but only {n_train} "
+                               "training volumes" + ("" if len(labelled) == len(with_label) else " with a label")
+                               + " exist")
+    chosen = labelled[:labeled]
+    taken = set(chosen) | set(val)
+    unlabeled = [i for i in range(len(with_label)) if i not in taken]
+    if max_unlabeled is not None:
+        unlabeled = unlabeled[:max_unlabeled]
+    return SemiSplits(labeled=chosen, unlabeled=unlabeled, val=val)
 
 
 class _Subset:
@@ -217,6 +243,9 @@ class _Subset:
     def __init__(self, base: VolumeDataset, indices: Sequence[int]) -> None:
         self.base, self.indices = base, list(indices)
         self.case_ids = [base.case_ids[i] for i in self.indices]
+        paths = getattr(base, "label_paths", None)
+        if paths is not None:
+            self.label_paths = [paths[i] for i in self.indices]
 
     def __len__(self) -> int:
         return len(self.indices)
