@@ -209,10 +209,12 @@ def scaled_schedule(cfg: Any, iterations: int, final_decay: float = 0.0) -> list
 
 
 def add_grid_args(p: Any, *, iterations: int, labeled: Sequence[int], seeds: Sequence[int],
-                  methods: Sequence[str], eval_batch: int, final_decay: float) -> None:
-    """The options every accumulating semi-supervised grid benchmark takes."""
+                  methods: Sequence[str], eval_batch: int, final_decay: float,
+                  choices: Sequence[str] = METHODS) -> None:
+    """The options every accumulating semi-supervised grid benchmark takes (``choices``: the methods or
+    arms ``--methods`` accepts)."""
     p.add_argument("--quick", action="store_true", help="smoke run (2 iterations, one label count and seed)")
-    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=None,
+    p.add_argument("--methods", nargs="+", choices=list(choices), default=None,
                    help=f"default: {' '.join(methods)}")
     p.add_argument("--labeled", nargs="+", type=int, default=None,
                    help=f"label counts (default {' '.join(map(str, labeled))})")
@@ -269,12 +271,14 @@ def child_args(args: Any, command: str) -> list[str]:
     return out
 
 
-def run_grid(args: Any, name: str, build_jobs: Any, write_table: Any, argv: Sequence[str] | None) -> int:
+def run_grid(args: Any, name: str, build_jobs: Any, write_table: Any, argv: Sequence[str] | None,
+             extra_child_args: Sequence[str] = ()) -> int:
     """The main flow of a grid benchmark: ``--only`` one point, else run what is missing, then the table.
 
     Args:
         build_jobs: ``build_jobs(args, points, command) -> list[PointJob]``.
         write_table: ``write_table(args, command) -> Path``.
+        extra_child_args: the benchmark's own protocol options, passed on to ``--only`` subprocesses.
     """
     given = list(sys.argv[1:] if argv is None else argv)
     command = regenerate_command(f"{name}.py", [a for a in given if a not in ("--table-only", "--redo")])
@@ -292,7 +296,7 @@ def run_grid(args: Any, name: str, build_jobs: Any, write_table: Any, argv: Sequ
     if not args.table_only:
         jobs = build_jobs(args, grid(args.methods, args.labeled, args.seeds), command)
         try:
-            failed = run_jobs(jobs, f"{name}.py", child_args(args, command), args.jobs, args.redo,
+            failed = run_jobs(jobs, f"{name}.py", [*child_args(args, command), *extra_child_args], args.jobs, args.redo,
                               args.raw / "logs")
         except ProtocolMismatch as err:
             print(f"{name}: {err}", file=sys.stderr)
@@ -328,12 +332,19 @@ def short_hash(data: Any) -> str:
     return hashlib.sha1(_json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
-def config_id(cfg: Any) -> str:
-    """Short hash of a resolved config without its ``runtime`` part: the protocol of one run."""
+def config_id(cfg: Any, reduced_grid: bool = True) -> str:
+    """Short hash of a resolved config without its ``runtime`` part: the protocol of one run.
+
+    A run trained on resampled volumes (``data.zoom`` ≠ 1) is scored either on its reduced grid (what
+    every result before source-grid scoring existed used: left out of the hash, so those keep their ids)
+    or on each case's source grid (``reduced_grid`` false: part of the hash).
+    """
     from medssl.config import config_to_dict
 
     data = config_to_dict(cfg)
     data.pop("runtime", None)
+    if not reduced_grid and cfg.data.zoom != 1.0:
+        data["scoring_grid"] = "source"
     section = data.get("data", {})
     for key in ("spec", "split_file"):  # the same on every clone: paths relative to the repo / shared data
         if section.get(key) is not None:
@@ -365,6 +376,7 @@ class PointJob:
     threads: int | None = None
     command: str = ""
     keep_checkpoints: bool = False
+    reduced_grid: bool = False  # a zoomed run: score on its reduced grid instead of the source grid
 
     def result_path(self) -> Path:
         return self.results_dir / f"{self.point.key}.json"
@@ -388,7 +400,11 @@ class PointJob:
             old = json.loads(out.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             return "todo"
-        return "done" if old.get("config_id") == config_id(self.config()) else "mismatch"
+        return "done" if old.get("config_id") == self.config_id() else "mismatch"
+
+    def config_id(self) -> str:
+        """The protocol hash of this point (config and scoring grid)."""
+        return config_id(self.config(), reduced_grid=self.reduced_grid)
 
 
 class ProtocolMismatch(RuntimeError):
@@ -412,7 +428,7 @@ def run_point(job: PointJob, redo: bool = False) -> dict[str, Any] | None:
 
     threads = set_threads(job.threads)
     cfg = job.config()
-    cid = config_id(cfg)
+    cid = job.config_id()
     out = job.result_path()
     if not redo:
         state = job.status()
@@ -439,7 +455,8 @@ def run_point(job: PointJob, redo: bool = False) -> dict[str, Any] | None:
     if job.eval_batch is not None:
         inference = inference.model_copy(update={"batch_size": job.eval_batch})
     t0 = time.perf_counter()
-    ev = evaluate_run(run_dir, cases=job.eval_cases, inference=inference, quiet=True)
+    ev = evaluate_run(run_dir, cases=job.eval_cases, inference=inference, quiet=True,
+                      reduced_grid=job.reduced_grid)
     t_eval = time.perf_counter() - t0
     per_case = [{"case_id": str(c["case_id"]), **{k: _num(c.get(k)) for k in RUN_METRICS},
                  "empty_pred": bool(c.get("empty_pred", False))} for c in ev.per_case]
@@ -451,8 +468,9 @@ def run_point(job: PointJob, redo: bool = False) -> dict[str, Any] | None:
         "empty_prediction_cases": [c["case_id"] for c in per_case if c["empty_pred"]],
         "per_case": per_case, "iterations": cfg.max_iterations,
         "iterations_trained_this_session": trained_iterations,
-        "final_logs": loop_logs, "train_seconds": t_train, "eval_seconds": t_eval,
+        "final_logs": loop_logs, "curve": training_curve(run_dir), "train_seconds": t_train, "eval_seconds": t_eval,
         "eval_cases": rel(job.eval_cases) if job.eval_cases is not None else "validation split",
+        "scoring_grid": ev.summary.get("scoring_grid"),
         "run_dir": rel(run_dir), "overrides": job.overrides, "preset": rel(job.preset),
         "command": job.command, "environment": environment(threads),
     }
@@ -463,6 +481,39 @@ def run_point(job: PointJob, redo: bool = False) -> dict[str, Any] | None:
     say(f"{job.benchmark} {job.point.key}: Dice {100 * ev.mean('dice'):.2f} % "
         f"({ev.n_empty_predictions} empty) train {t_train:.0f} s eval {t_eval:.0f} s -> {rel(out)}")
     return result
+
+
+#: Bins of the training curve stored in each grid result (losses, ramp weights, agreement, pool ...).
+CURVE_BINS = 60
+
+
+def training_curve(run_dir: Path, bins: int = CURVE_BINS) -> dict[str, list[float | None]]:
+    """The run's logged training metrics averaged over ``bins`` equal spans of iterations.
+
+    Returns ``{"iteration": [last iteration of each bin], "<metric>": [bin means], ...}`` (a metric absent
+    from a bin is None), small enough to keep in a committed result and to diagnose a run after its
+    run directory is gone.
+    """
+    from medssl.runtime.metrics_log import read_metrics
+
+    rows = [r for r in read_metrics(run_dir) if r["phase"] == "train"]
+    if not rows:
+        return {}
+    last = max(r["iteration"] for r in rows)
+    edges = [last * (i + 1) / bins for i in range(bins)]
+    keys = sorted({k for r in rows for k in r} - {"iteration", "phase"})
+    groups: list[list[dict[str, Any]]] = [[] for _ in edges]
+    for r in rows:
+        groups[min(bins - 1, next(i for i, e in enumerate(edges) if r["iteration"] <= e))].append(r)
+    curve: dict[str, list[float | None]] = {"iteration": []}
+    for k in keys:
+        curve[k] = []
+    for g in (g for g in groups if g):
+        curve["iteration"].append(float(max(r["iteration"] for r in g)))
+        for k in keys:
+            vals = finite(r.get(k) for r in g)
+            curve[k].append(_num(statistics.fmean(vals)) if vals else None)
+    return curve
 
 
 def _num(value: Any) -> float | None:
@@ -646,16 +697,36 @@ def plot_dice(results: list[dict[str, Any]], methods: Sequence[str], path: Path,
     return path
 
 
+def paired_delta_cell(results: list[dict[str, Any]], reference: str, metric: str = "dice",
+                      scale: float = 100.0) -> Callable[[dict[str, Any]], str]:
+    """A table cell function: mean ± std over seeds of (row's method − ``reference``) with the same seed
+    and label count, followed by the per-seed differences in seed order (``—`` without a pair)."""
+    def cell(row: dict[str, Any]) -> str:
+        if row["method"] == reference:
+            return "—"
+        base = {r["seed"]: r["metrics"][metric] for r in results
+                if r["method"] == reference and r["labeled"] == row["labeled"]}
+        pairs = sorted((r["seed"], scale * (r["metrics"][metric] - base[r["seed"]])) for r in results
+                       if r["method"] == row["method"] and r["labeled"] == row["labeled"]
+                       and base.get(r["seed"]) is not None and r["metrics"][metric] is not None)
+        if not pairs:
+            return "—"
+        diffs = [d for _, d in pairs]
+        return f"{mean_std(diffs)} ({', '.join(f'{d:+.1f}' for d in diffs)})"
+    return cell
+
+
 def write_grid_report(args: argparse.Namespace, command: str, name: str, title: str, plot_title: str,
                       extra_columns: dict[str, Any] | None = None, appendix: Sequence[str] = (),
-                      summary_extra: dict[str, Any] | None = None) -> Path:
+                      summary_extra: dict[str, Any] | None = None, order: Sequence[str] | None = None) -> Path:
     """Rebuild ``<name>.{md,json,png}`` in ``args.out`` from the per-run result files in ``args.results``.
 
     ``extra_columns`` adds table columns ({name: fn(row) -> cell}); ``appendix`` lines follow the table;
-    ``summary_extra`` is merged into the JSON summary.
+    ``summary_extra`` is merged into the JSON summary; ``order`` lists the rows' methods (or arms) in
+    table order (default: the six methods).
     """
     results = [r for r in load_results(args.results) if r.get("benchmark") == name]
-    order = [m for m in METHODS if m in args.methods or any(r["method"] == m for r in results)]
+    order = [m for m in (order or METHODS) if m in args.methods or any(r["method"] == m for r in results)]
     rows = summary_rows(results, order)
     png = plot_dice(results, order, args.out / f"{name}.png", plot_title)
     lines = [f"# {title}", "",

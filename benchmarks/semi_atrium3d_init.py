@@ -385,19 +385,6 @@ def _pretrain_cell(results: list[dict[str, Any]], key: str, digits: int) -> Any:
     return cell
 
 
-def _delta_cell(results: list[dict[str, Any]]) -> Any:
-    def cell(row: dict[str, Any]) -> str:
-        if row["method"] == "scratch":
-            return "—"
-        base = {r["seed"]: r["metrics"]["dice"] for r in results if r["method"] == "scratch"
-                and r["labeled"] == row["labeled"]}
-        diffs = [100 * (r["metrics"]["dice"] - base[r["seed"]]) for r in results
-                 if r["method"] == row["method"] and r["labeled"] == row["labeled"] and r["seed"] in base
-                 and r["metrics"]["dice"] is not None and base[r["seed"]] is not None]
-        return C.mean_std(diffs) if diffs else "—"
-    return cell
-
-
 def pretraining_records(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The distinct pretraining records of ``results``, ordered by arm and seed."""
     seen: dict[tuple[str, int, str], dict[str, Any]] = {}
@@ -414,7 +401,7 @@ def write_table(args: argparse.Namespace, command: str) -> Path:
     rows = C.summary_rows(results, ARMS)
     png = C.plot_dice(results, ARMS, args.out / f"{NAME}.png",
                       "CORN by encoder init: test Dice (points: seeds)")
-    extra = {"Δ Dice vs scratch (pp, paired seeds)": _delta_cell(results),
+    extra = {"Δ Dice vs scratch (pp, paired seeds)": C.paired_delta_cell(results, "scratch"),
              "pretrain mask ratio (measured)": _pretrain_cell(results, "mask_ratio", 3),
              "pretrain final loss": _pretrain_cell(results, "final_loss", 3)}
     lines = ["# CORN on `atrium3d`: from scratch vs from 3D random-mask vs 3D text-guided pretraining", "",
@@ -427,7 +414,7 @@ def write_table(args: argparse.Namespace, command: str) -> Path:
     else:
         lines += ["Rows: arm = encoder initialisation of CORN.", "", C.grid_table(rows, extra), "",
                   C.GRID_TABLE_NOTE + " Δ Dice: mean ± std over seeds of (arm − scratch) with the same seed "
-                  "and label count.", ""]
+                  "and label count, then each seed's difference in seed order.", ""]
         if png is not None:
             lines += [f"![Dice per arm]({png.name})", ""]
         reused = sum(1 for r in results if r.get("reused_from"))

@@ -79,7 +79,8 @@ def published_cell(method: str, labeled: int) -> str:
     return " / ".join(f"{v:.2f}" for v in row[labeled])
 
 
-def protocol(iterations: int, final_decay: float, quick: bool, stride: tuple[int, ...]) -> dict[str, Any]:
+def protocol(iterations: int, final_decay: float, quick: bool, stride: tuple[int, ...], width: int = WIDTH,
+             reduced_grid: bool = False) -> dict[str, Any]:
     """What every run of this grid shares, with a one-paragraph description for the table."""
     decay = (f" Constant-lr presets (supervised, dual_branch, caml, corn) run the last {final_decay:.0%} at "
              "lr × 0.1 (not in the published protocol; it steadies the final checkpoint of short runs); Mean "
@@ -87,37 +88,63 @@ def protocol(iterations: int, final_decay: float, quick: bool, stride: tuple[int
     desc = (f"**Reduced CPU protocol, not the published one.** Real left-atrium MRI, the first 64 entries of "
             f"`train.list` for training (first N labeled, the rest unlabeled), the last 16 for scoring. Presets "
             f"`semi/la_<method>` with: volumes resampled by {ZOOM} per axis (2× down), V-Net width "
-            f"{WIDTH}, {'×'.join(map(str, PATCH))} crops, batch 2 labeled + 2 unlabeled (supervised 2), SGD lr "
+            f"{width}, {'×'.join(map(str, PATCH))} crops, batch 2 labeled + 2 unlabeled (supervised 2), SGD lr "
             f"0.01, **{iterations} iterations** (loss ramps and lr steps at the presets' fractions of training)."
-            f"{decay} Final checkpoint on the 16 validation volumes (at the reduced resolution): sliding window "
-            f"{'×'.join(map(str, PATCH))}, stride {'/'.join(map(str, stride))}, no post-processing; 95HD and "
-            "ASD in voxels of the reduced grid (one voxel ≈ two original voxels) and in mm.")
+            f"{decay} Final checkpoint on the 16 validation volumes: sliding window "
+            f"{'×'.join(map(str, PATCH))}, stride {'/'.join(map(str, stride))} on the reduced grid, no "
+            "post-processing; " + (
+                "scored at the reduced resolution (labels resampled), 95HD and ASD in voxels of the reduced "
+                "grid (one voxel ≈ two original voxels) and in mm." if reduced_grid else
+                "probabilities resampled back to each volume's source grid (0.625 mm) and scored there "
+                "against the original labels; 95HD and ASD in source voxels and in mm."))
     if quick:
         desc += " QUICK smoke run: the numbers only show that the pipeline works."
     return {"description": desc, "iterations": iterations, "final_lr_decay": final_decay, "zoom": ZOOM,
-            "width": WIDTH, "patch": list(PATCH), "inference_stride": list(stride), "n_train": 64, "n_scored": 16}
+            "width": width, "patch": list(PATCH), "inference_stride": list(stride), "n_train": 64, "n_scored": 16,
+            "scoring_grid": "reduced" if reduced_grid else "source"}
 
 
-def build_jobs(args: argparse.Namespace, points: list[C.GridPoint], command: str) -> list[C.PointJob]:
-    """One :class:`PointJob` per grid point."""
+def add_protocol_args(p: argparse.ArgumentParser) -> None:
+    """The options of this protocol beyond the common grid options (passed on to ``--only`` children)."""
+    p.add_argument("--width", type=int, default=WIDTH, help=f"V-Net base width (default {WIDTH})")
+    p.add_argument("--scoring", choices=("source", "reduced"), default="source",
+                   help="score on each volume's source grid (default) or on the reduced training grid")
+
+
+def protocol_child_args(args: argparse.Namespace) -> list[str]:
+    """:func:`add_protocol_args` options as command-line arguments for a ``--only`` child."""
+    return ["--width", str(args.width), "--scoring", args.scoring]
+
+
+#: An arm of a grid on this protocol: (method, extra ``--set`` overrides applied after the protocol's).
+Arm = tuple[str, list[str]]
+
+
+def build_jobs(args: argparse.Namespace, points: list[C.GridPoint], command: str, name: str = NAME,
+               arms: dict[str, Arm] | None = None) -> list[C.PointJob]:
+    """One :class:`PointJob` per grid point; a point's ``method`` names an arm of ``arms`` (default: the
+    method itself with no extra override), so ablation grids run on exactly this protocol."""
     root, split = la_paths()
     stride = PATCH if args.quick else STRIDE  # smoke runs: non-overlapping windows
-    proto = protocol(args.iterations, args.final_lr_decay, args.quick, stride)
+    reduced = args.scoring == "reduced"
+    proto = protocol(args.iterations, args.final_lr_decay, args.quick, stride, args.width, reduced)
     jobs = []
     for p in points:
-        preset = C.preset(f"la_{p.method}")
+        method, extra = (arms or {}).get(p.method, (p.method, []))
+        preset = C.preset(f"la_{method}")
         reduce = [f"data.spec=la:{root}", f"data.split_file={split}", "data.n_val=16", f"data.zoom={ZOOM}",
-                  f"data.patch=[{','.join(map(str, PATCH))}]", f"method_config.network.base_width={WIDTH}",
+                  f"data.patch=[{','.join(map(str, PATCH))}]", f"method_config.network.base_width={args.width}",
                   f"inference.patch=[{','.join(map(str, PATCH))}]",
                   f"inference.stride=[{','.join(map(str, stride))}]",
                   f"runtime.checkpoint_every={max(1, args.iterations // 6)}", "runtime.keep_checkpoints=2",
                   "runtime.log_every=10"]
         cfg = C.load_preset(preset, reduce)
-        overrides = [*reduce, *C.scaled_schedule(cfg, args.iterations, args.final_lr_decay)]
-        jobs.append(C.PointJob(benchmark=NAME, point=p, preset=preset, overrides=overrides,
+        overrides = [*reduce, *C.scaled_schedule(cfg, args.iterations, args.final_lr_decay), *extra]
+        jobs.append(C.PointJob(benchmark=name, point=p, preset=preset, overrides=overrides,
                                results_dir=args.results, runs_root=args.raw / "runs", protocol=proto,
                                eval_cases=None, eval_batch=args.eval_batch, threads=args.threads,
-                               command=command, keep_checkpoints=args.keep_checkpoints))
+                               command=command, keep_checkpoints=args.keep_checkpoints,
+                               reduced_grid=reduced))
     return jobs
 
 
@@ -134,7 +161,10 @@ def write_table(args: argparse.Namespace, command: str) -> Path:
                 C.markdown_table(["labeled", *PUBLISHED], body), "",
                 "Dual-branch baseline in the CORN ablation (Dice %): "
                 + ", ".join(f"{v:.2f} at {n}" for n, v in PUBLISHED_DUAL_BRANCH_DICE.items()) + " labeled.", ""]
-    extra = {"published, full protocol (Dice / Jaccard / 95HD / ASD)":
+    results = C.load_results(args.results)
+    extra = {"Δ Dice vs supervised (pp, paired seeds)": C.paired_delta_cell(results, "supervised"),
+             "Δ Dice vs dual_branch (pp, paired seeds)": C.paired_delta_cell(results, "dual_branch"),
+             "published, full protocol (Dice / Jaccard / 95HD / ASD)":
              lambda r: published_cell(r["method"], r["labeled"])}
     published = {k: {str(n): list(v) for n, v in row.items()} for k, row in PUBLISHED.items()}
     return C.write_grid_report(args, command, NAME,
@@ -148,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                                 "CPU protocol (accumulating grid).")
     C.add_grid_args(p, iterations=FULL_ITERATIONS, labeled=DEFAULT_LABELED, seeds=DEFAULT_SEEDS,
                     methods=DEFAULT_METHODS, eval_batch=EVAL_BATCH, final_decay=FINAL_LR_DECAY)
+    add_protocol_args(p)
     ns = p.parse_args(argv)
     if ns.quick and ns.methods is None:
         ns.methods = list(QUICK_METHODS)
@@ -155,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     from medssl.errors import MedsslInputError
 
     try:
-        return C.run_grid(args, NAME, build_jobs, write_table, argv)
+        return C.run_grid(args, NAME, build_jobs, write_table, argv, protocol_child_args(args))
     except MedsslInputError as err:
         print(str(err), file=sys.stderr)
         return 2

