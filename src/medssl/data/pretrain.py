@@ -287,7 +287,7 @@ def _pad_crop(image: np.ndarray, roi: np.ndarray, size: Sequence[int],
         roi = np.pad(roi, width)
     start = [int(rng.integers(0, d - int(s), endpoint=True)) for d, s in zip(roi.shape, size, strict=True)]
     region = tuple(slice(a, a + int(s)) for a, s in zip(start, size, strict=True))
-    return image[(slice(None), *region)], roi[region]
+    return image[(slice(None),) + region], roi[region]
 
 
 def _central_crop(x: np.ndarray, size: Sequence[int]) -> np.ndarray:

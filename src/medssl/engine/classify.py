@@ -226,7 +226,8 @@ def train_classifier(cfg: ClassifyConfig, mode: PrepareMode = "new", *,
         init_chans = init_in_chans(init_state, cfg.model.backbone, cfg.init)
     in_chans = _resolve_in_chans(cfg, data, init_chans)
     if init_state is not None:  # shapes only: refuse a mismatching file before the run exists
-        build_classifier(cfg.model.backbone, num_classes, in_chans, init=init_state, init_path=cfg.init, meta=True)
+        build_classifier(cfg.model.backbone, num_classes, in_chans, init=init_state, init_path=cfg.init or "init",
+                         meta=True)
     EpochBatches(len(data.train), cfg.data.batch_size, cfg.runtime.seed)  # batch vs training set size
     size = cfg.model.image_size
     train_cache = load_image_cache(data.train, in_chans, size)

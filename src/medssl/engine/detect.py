@@ -46,7 +46,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 import torch
@@ -532,7 +532,7 @@ def build_detector(
     for name, param in body.named_parameters():
         if not any(name.startswith(prefix) for prefix in trained):
             param.requires_grad_(False)
-    stage_channels = [body.inplanes // 8 * 2**k for k in range(4)]  # C2..C5 widths (64.. or 256..)
+    stage_channels = [cast(int, body.inplanes) // 8 * 2**k for k in range(4)]  # C2..C5 widths (64.. or 256..)
     width = model.fpn_channels
     backbone = BackboneWithFPN(body, {f"layer{k + 1}": str(k) for k in range(4)}, stage_channels, width)
     anchors = AnchorGenerator(sizes=tuple((int(s),) for s in model.anchor_sizes),
@@ -657,9 +657,9 @@ def detection_overlay(
     ax.imshow(rgba, interpolation="nearest")
     if ground_truth is not None:
         gt_masks = ground_truth.get("masks")
-        for k, box in enumerate(np.asarray(ground_truth["boxes"]).reshape(-1, 4)):
-            if gt_masks is not None and np.asarray(gt_masks[k]).any():
-                ax.contour(np.asarray(gt_masks[k], np.float32), levels=[0.5], colors=[GT_COLOUR], linewidths=1.0)
+        for g, box in enumerate(np.asarray(ground_truth["boxes"]).reshape(-1, 4)):
+            if gt_masks is not None and np.asarray(gt_masks[g]).any():
+                ax.contour(np.asarray(gt_masks[g], np.float32), levels=[0.5], colors=[GT_COLOUR], linewidths=1.0)
             x0, y0, x1, y1 = (float(v) for v in box)
             ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec=GT_COLOUR, lw=0.8))
     ax.set_xlim(-0.5, w - 0.5)

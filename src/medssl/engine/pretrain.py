@@ -33,7 +33,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 import torch
@@ -296,8 +296,8 @@ class EpochMeans:
         values = [loss, float(self.steps)] + [self.sums[k] for k in self.KEYS] + \
             [float(self.counts[k]) for k in self.KEYS]
         if fabric.world_size > 1:
-            reduced = fabric.all_reduce(torch.tensor(values, dtype=torch.float64, device=fabric.device),
-                                        reduce_op="sum")
+            reduced = cast(torch.Tensor, fabric.all_reduce(
+                torch.tensor(values, dtype=torch.float64, device=fabric.device), reduce_op="sum"))
             values = [float(v) for v in reduced.tolist()]
         k = len(self.KEYS)
         out = {"loss": values[0] / max(values[1], 1.0)}

@@ -278,9 +278,9 @@ def build_semi_batch_fn(
             case = dataset.load(idx)
             label = case.label if case.label is not None else np.zeros(case.image.shape, np.uint8)
             rng = np.random.default_rng(sample_seed(sampler.seed, iteration, pos, sampler.rank))
-            image, label = augment(case.image, label, rng)
-            if pos >= sampler.labeled_bs:
-                label = np.zeros_like(label)
+            image, moved = augment(case.image, label, rng)
+            assert moved is not None  # a label in, a label out
+            label = np.zeros_like(moved) if pos >= sampler.labeled_bs else moved
             images.append(np.ascontiguousarray(image, dtype=np.float32))
             labels.append(np.ascontiguousarray(label))
             indices.append(idx)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from pydantic import Field, field_validator
@@ -99,7 +99,8 @@ def _first_conv_key(backbone: str) -> str:
 
     with torch.device("meta"):
         probe = timm.create_model(backbone, num_classes=0)
-    return f"{probe.pretrained_cfg.get('first_conv', 'conv1')}.weight"
+    config = cast(dict[str, Any], probe.pretrained_cfg)
+    return f"{config.get('first_conv', 'conv1')}.weight"
 
 
 def init_in_chans(state: dict[str, Tensor], backbone: str, path: str | Path) -> int:
