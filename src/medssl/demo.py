@@ -169,7 +169,8 @@ def _preset(name: str, group: str) -> Path:
 
 def _pretrain(result: DemoResult, quiet: bool, epochs: int | None) -> None:
     from medssl.config import load_config
-    from medssl.engine.pretrain import PretrainConfig, export_encoder_checked, train_pretrain
+    from medssl.engine.pretrain import PretrainConfig, train_pretrain
+    from medssl.engine.pretrain_export import export_encoder_checked
 
     cfg = load_config(PretrainConfig, _preset("atrium3d_vnet_guided", "pretrain"),
                       base={"runtime": {"name": "mwm_atrium3d"}})
