@@ -27,7 +27,6 @@ RESULTS = BENCH / "results"
 RAW = RESULTS / "raw"
 QUICK = RAW / "quick"
 WORK = BENCH / "work"
-PRESETS = REPO / "configs" / "semi"
 PYTHON = ".venv/bin/python"
 
 #: The six semi-supervised methods, in the order tables list them.
@@ -162,6 +161,16 @@ class GridPoint:
 def grid(methods: Sequence[str], labeled: Sequence[int], seeds: Sequence[int]) -> list[GridPoint]:
     """Every combination, ordered label count → seed → method (so a partial grid is balanced)."""
     return [GridPoint(m, n, s) for n in labeled for s in seeds for m in methods]
+
+
+def preset(name: str, group: str = "semi") -> Path:
+    """The packaged medssl preset ``group/name`` as a file (:func:`medssl.presets.preset_path`)."""
+    from medssl.presets import preset_path
+
+    path = preset_path(name, group)
+    if path is None:
+        raise SystemExit(f"medssl has no {group} preset named {name!r} (medssl presets {group} lists them)")
+    return path
 
 
 def load_preset(preset: Path, overrides: Sequence[str] = ()) -> Any:

@@ -46,9 +46,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as C  # noqa: E402
 
-PRETRAIN_PRESETS = C.REPO / "configs" / "pretrain"
-FINETUNE_PRESETS = C.REPO / "configs" / "finetune"
-
 #: Default grid seeds (every stage of a point uses the point's seed).
 DEFAULT_SEEDS: tuple[int, ...] = (1337, 1338, 1339)
 #: The full protocol (about an hour for the 18 points of a dataset on two free cores, one thread per point;
@@ -98,7 +95,7 @@ class Arm:
     @property
     def preset(self) -> Path:
         """The pretraining preset the arm starts from."""
-        return PRETRAIN_PRESETS / f"brain2d_resnet18_{self.kind}.yaml"
+        return C.preset(f"brain2d_resnet18_{self.kind}", "pretrain")
 
 
 ARMS: dict[str, Arm] = {a.name: a for a in (
@@ -133,15 +130,15 @@ class MimDataset:
 BRAIN2D = MimDataset("brain2d", "A brain MRI showing a suspicious irregular mass suggestive of a tumour", "any",
                      "the tumour boxes are small: the reference's top-left rule would label only 1.1 % of the "
                      "patches ROI at this grid and make the guided arms uniform masks at the background ratio",
-                     FINETUNE_PRESETS / "classify_brain2d_resnet18.yaml",
-                     FINETUNE_PRESETS / "detect_brain2d_r18.yaml")
+                     C.preset("classify_brain2d_resnet18", "finetune"),
+                     C.preset("detect_brain2d_r18", "finetune"))
 #: chest2d keeps the reference's top-left rule (lung boxes: 36 % of the pixels, 43 % of the patches at a
 #: 3×3 grid; ``any`` would label all of them) and reuses the small ResNet-18 Mask R-CNN preset (anchors
 #: 8-128 px, one class).
 CHEST2D = MimDataset("chest2d", "A chest X-ray highlighting both left and right lungs", "topleft",
                      "the reference's rule",
-                     FINETUNE_PRESETS / "classify_chest2d_resnet18.yaml",
-                     FINETUNE_PRESETS / "detect_brain2d_r18.yaml")
+                     C.preset("classify_chest2d_resnet18", "finetune"),
+                     C.preset("detect_brain2d_r18", "finetune"))
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Data: ``synthesize("atrium3d", benchmarks/work/atrium3d_64x64x48_n24_s0, n=24, seed=0,
 shape=(64, 64, 48))`` (generated once; byte-identical on every machine): 19 training-list volumes and
-5 test volumes. Each (method, labeled, seed) trains from ``configs/semi/atrium3d_<method>.yaml`` with
+5 test volumes. Each (method, labeled, seed) trains from the preset ``semi/atrium3d_<method>`` with
 ``data.labeled`` = the first N training volumes (the other training volumes unlabeled, no validation
 volumes), shortened to ``--iterations`` with its loss ramps and learning-rate steps scaled to the same
 fractions of training, and its final checkpoint is scored on the 5 test volumes
@@ -64,7 +64,7 @@ def _list(path: Path) -> list[str]:
 
 def protocol(data: Path, iterations: int, final_decay: float, quick: bool) -> dict[str, Any]:
     """What every run of this grid shares, with a one-paragraph description for the table."""
-    cfg = C.load_preset(C.PRESETS / "atrium3d_corn.yaml")
+    cfg = C.load_preset(C.preset("atrium3d_corn"))
     n_train, n_test = len(_list(data / "train.list")), len(_list(data / "test.list"))
     width = cfg.method_config.network.base_width
     patch, inf = "×".join(map(str, cfg.data.patch)), cfg.inference
@@ -73,7 +73,7 @@ def protocol(data: Path, iterations: int, final_decay: float, quick: bool) -> di
              "weights and the final checkpoint's quality swings from iteration to iteration); Mean Teacher and "
              "UA-MT keep their own scaled step decay." if final_decay > 0 else "")
     desc = (f"`atrium3d` synthesized at seed {DATA_SEED}: {N_VOLUMES} volumes of {'×'.join(map(str, SHAPE))} "
-            f"({n_train} training-list + {n_test} test). Presets `configs/semi/atrium3d_<method>.yaml` (V-Net "
+            f"({n_train} training-list + {n_test} test). Presets `semi/atrium3d_<method>` (V-Net "
             f"width {width}, {patch} crops, batch {cfg.data.labeled_bs} labeled + {cfg.data.unlabeled_bs} "
             f"unlabeled, supervised {cfg.data.labeled_bs}, SGD lr {cfg.optim.lr}) shortened from "
             f"{cfg.max_iterations} to **{iterations} iterations** (loss ramps and lr steps at the same fractions "
@@ -94,7 +94,7 @@ def build_jobs(args: argparse.Namespace, points: list[C.GridPoint], command: str
     proto = protocol(data, args.iterations, args.final_lr_decay, args.quick)
     jobs = []
     for p in points:
-        preset = C.PRESETS / f"atrium3d_{p.method}.yaml"
+        preset = C.preset(f"atrium3d_{p.method}")
         overrides = [f"data.spec=folder:{data}", "data.n_val=0",
                      *C.scaled_schedule(C.load_preset(preset), args.iterations, args.final_lr_decay)]
         jobs.append(C.PointJob(benchmark=NAME, point=p, preset=preset, overrides=overrides,

@@ -2,7 +2,7 @@
 
 Arms (each at 2 and 4 labeled volumes, seeds 1337 1338 1339):
 
-* ``scratch``: CORN exactly as in ``semi_atrium3d.py`` (same data, preset ``configs/semi/atrium3d_corn.yaml``,
+* ``scratch``: CORN exactly as in ``semi_atrium3d.py`` (same data, preset ``semi/atrium3d_corn``,
   150 iterations, the last 20 % at lr x 0.1, scored on the 5 test volumes). A ``corn_l<N>_s<seed>.json`` of
   ``benchmarks/results/semi_atrium3d/`` whose protocol hash (``_common.config_id``) is the one this grid
   would train is copied instead of rerun (``--no-reuse``: train it here).
@@ -11,7 +11,7 @@ Arms (each at 2 and 4 labeled volumes, seeds 1337 1338 1339):
 * ``guided``: the same with text-guided masks (ROI 0.8, background 0.4) from ROI maps of the structures
   backend (prompt "A cardiac MRI highlighting the left atrium", ``medssl localize run``).
 
-Both pretraining arms use the preset ``configs/pretrain/atrium3d_vnet_guided.yaml`` (V-Net width 8, the width
+Both pretraining arms use the preset ``pretrain/atrium3d_vnet_guided`` (V-Net width 8, the width
 of the CORN CPU preset) with the same data, ROI maps, crops, flips, batch order, initialisation and seed
 (= the CORN seed); only the masking differs. Each (arm, seed) pretraining runs once (in the first grid
 point that needs it, under a file lock), is exported with ``export_encoder(..., "vnet")`` and serves both
@@ -50,8 +50,8 @@ import semi_atrium3d as S  # noqa: E402
 
 NAME = "semi_atrium3d_init"
 ARMS: tuple[str, ...] = ("scratch", "random", "guided")
-PRETRAIN_PRESET = C.REPO / "configs" / "pretrain" / "atrium3d_vnet_guided.yaml"
-CORN_PRESET = C.PRESETS / "atrium3d_corn.yaml"
+PRETRAIN_PRESET = C.preset("atrium3d_vnet_guided", "pretrain")
+CORN_PRESET = C.preset("atrium3d_corn")
 PROMPT = "A cardiac MRI highlighting the left atrium"
 BACKEND = "structures"
 ROI_DIR = C.WORK / f"{S.DATA_DIR.name}_roi_{BACKEND}"

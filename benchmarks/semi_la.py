@@ -4,7 +4,7 @@ Data: the 80 public training volumes beside the repository (``../shared/data/la`
 ``$MEDSSL_SHARED/data/la``) with the standard ``train.list``: its first 64 entries are training (the
 first N labeled, the rest unlabeled), its last 16 validation; metrics are computed on those 16
 validation volumes (the 20 standard test volumes are held back). Each run starts from the published
-preset ``configs/semi/la_<method>.yaml`` and reduces it for a CPU: volumes resampled 2× down
+preset ``semi/la_<method>`` and reduces it for a CPU: volumes resampled 2× down
 (``data.zoom 0.5``), V-Net width 8, 48×48×32 crops, ``--iterations`` iterations (loss ramps and
 learning-rate steps at the preset's fractions of training; constant-lr presets run the last 20 % at
 lr × 0.1), sliding window 48×48×32 with the published stride halved (9/9/2). The numbers are therefore
@@ -87,7 +87,7 @@ def protocol(iterations: int, final_decay: float, quick: bool, stride: tuple[int
              "Teacher and UA-MT keep their own scaled step decay." if final_decay > 0 else "")
     desc = (f"**Reduced CPU protocol, not the published one.** Real left-atrium MRI, the first 64 entries of "
             f"`train.list` for training (first N labeled, the rest unlabeled), the last 16 for scoring. Presets "
-            f"`configs/semi/la_<method>.yaml` with: volumes resampled by {ZOOM} per axis (2× down), V-Net width "
+            f"`semi/la_<method>` with: volumes resampled by {ZOOM} per axis (2× down), V-Net width "
             f"{width}, {'×'.join(map(str, PATCH))} crops, batch 2 labeled + 2 unlabeled (supervised 2), SGD lr "
             f"0.01, **{iterations} iterations** (loss ramps and lr steps at the presets' fractions of training)."
             f"{decay} Final checkpoint on the 16 validation volumes: sliding window "
@@ -131,7 +131,7 @@ def build_jobs(args: argparse.Namespace, points: list[C.GridPoint], command: str
     jobs = []
     for p in points:
         method, extra = (arms or {}).get(p.method, (p.method, []))
-        preset = C.PRESETS / f"la_{method}.yaml"
+        preset = C.preset(f"la_{method}")
         reduce = [f"data.spec=la:{root}", f"data.split_file={split}", "data.n_val=16", f"data.zoom={ZOOM}",
                   f"data.patch=[{','.join(map(str, PATCH))}]", f"method_config.network.base_width={args.width}",
                   f"inference.patch=[{','.join(map(str, PATCH))}]",

@@ -95,6 +95,14 @@ def converged_lengths(rows: list[dict[str, Any]]) -> dict[int, int | None]:
     return out
 
 
+def _generic(description: str) -> str:
+    """A point's protocol text with its width and iteration count replaced by W and N."""
+    import re
+
+    description = re.sub(r"V-Net width \d+", "V-Net width W", description)
+    return re.sub(r"\*\*\d+ iterations\*\*", "**N iterations**", description)
+
+
 def plot(rows: list[dict[str, Any]], path: Path) -> Path | None:
     """Dice against iterations (log axis), one line per width."""
     try:
@@ -134,7 +142,8 @@ def write_table(args: argparse.Namespace, command: str) -> Path:
     md = "\n".join([
         "# Convergence of supervised training on the real left atrium (8 labeled)", "",
         f"Regenerate: `{command}` (runs only what is missing; `--table-only` rebuilds this table).", "",
-        "Protocol of every point: " + (rows[0]["protocol"] if rows else "(no results yet)"), "",
+        "Protocol of every point (width W and N iterations per row): " + (_generic(rows[0]["protocol"]) if rows
+                                                                            else "(no results yet)"), "",
         "Seconds per iteration: training wall time / iterations on one torch thread, on a 2-core machine "
         "shared with other work (an upper bound on the quiet cost).", "",
         C.markdown_table(header, body), "",

@@ -8,14 +8,23 @@ from pathlib import Path
 
 import pytest
 
-from medssl.demo import DEMO_DATASETS, DEMO_PROMPTS, QUICK_COUNTS, run_demo
+from medssl.demo import (
+    DEMO_DATASETS,
+    DEMO_PROMPTS,
+    QUICK_CORN_ITERATIONS,
+    QUICK_COUNTS,
+    QUICK_PRETRAIN_EPOCHS,
+    reproducibility_note,
+    run_demo,
+)
 from medssl.errors import MedsslInputError
 from medssl.runtime.metrics_log import read_metrics
 
 
 def test_demo_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    result = run_demo(out, quiet=True, iterations=2, pretrain_epochs=1, quick=True)
+    result = run_demo(out, quiet=True, iterations=QUICK_CORN_ITERATIONS, pretrain_epochs=QUICK_PRETRAIN_EPOCHS,
+                      quick=True, seed=5)
     assert set(result.datasets) == {name for name, _, _ in DEMO_DATASETS}
     for name, _, _ in DEMO_DATASETS:
         images = list((result.datasets[name] / "images").iterdir())
@@ -49,6 +58,9 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert [r["iteration"] for r in rows] == [2] and rows[0]["pool_bytes"] > 0  # the final iteration is logged
     summary = (out / "SUMMARY.md").read_text()
     assert "Dice (%)" in summary and "empty predictions" in summary and "exported encoder" in summary
+    assert reproducibility_note(5) in summary  # one seed, its spread, and why another machine differs
+    for path in (result.pretrain_run, run):  # --seed reaches both training runs
+        assert json.loads((path / "manifest.json").read_text())["seed"] == 5
     test_ids = (result.datasets["atrium3d"] / "test.list").read_text().split()
     predictions = sorted(p.name for p in (result.evaluation_md.parent / "predictions").iterdir())
     assert predictions == sorted(f"{c}.nii.gz" for c in test_ids)
@@ -62,3 +74,19 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
 
     with pytest.raises(MedsslInputError, match="--overwrite"):
         run_demo(out, quiet=True, iterations=2)
+
+
+def test_quoted_seed_spread_is_the_measured_one() -> None:
+    """The spread the demo quotes is what ``benchmarks/demo_seeds.py`` measured (or None before it ran)."""
+    from medssl import demo
+
+    measured = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "demo_seeds.json"
+    if not measured.is_file():
+        assert demo.MEASURED_SEED_SPREAD is None
+        assert "not been measured" in reproducibility_note(1)
+        return
+    data = json.loads(measured.read_text())
+    assert demo.MEASURED_SEED_SPREAD is not None
+    seeds, mean, std = demo.MEASURED_SEED_SPREAD
+    assert list(seeds) == data["seeds"]
+    assert mean == pytest.approx(data["dice_mean"], abs=0.05) and std == pytest.approx(data["dice_std"], abs=0.05)

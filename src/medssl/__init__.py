@@ -13,7 +13,7 @@ loads neither torch nor any backend)::
     method = medssl.create_method("corn", {"network": {"base_width": 8}})     # any registered method
     loss_fn = medssl.CoralConsistencyLoss(n_classes=2)                       # CORN's CCM as a loss
     visible = medssl.guided_mask(medssl.roi_patch_labels(roi, patch=16), r_roi=0.8, r_bg=0.4)
-    cfg = medssl.load_config(medssl.SemiTrainConfig, "configs/semi/atrium3d_corn.yaml", ...)
+    cfg = medssl.load_config(medssl.SemiTrainConfig, medssl.preset_path("atrium3d_corn", "semi"), ...)
     run = medssl.train_semi(cfg, dataset=my_volumes)                         # typed config + dataset object
 
 Groups: methods (:mod:`medssl.methods`), masks (:mod:`medssl.masking`), localization and the ROI cache
@@ -54,6 +54,8 @@ _EXPORTS: dict[str, str] = {
     # configuration
     "RuntimeConfig": "medssl.config",
     "load_config": "medssl.config",
+    "list_presets": "medssl.presets",
+    "preset_path": "medssl.presets",
     # data
     "open_volume_dataset": "medssl.data.spec",
     "read_image": "medssl.data.io",

@@ -203,8 +203,8 @@ def load_config(
     if config_file is not None:
         preset = _read_yaml_mapping(Path(config_file))
         _merge(data, preset)
-        for key in _leaf_keys(preset):
-            origins[key] = str(config_file)
+        for leaf in _leaf_keys(preset):
+            origins[leaf] = str(config_file)
 
     for item in overrides:
         key, value = parse_override(item)

@@ -29,11 +29,14 @@ from typing import Any
 from medssl.errors import MedsslInputError
 
 #: (dataset, number of cases, image size or None for the dataset's default) synthesized by the demo;
-#: atrium3d at 64x64x48 voxels (1.875 mm) to match the CPU presets in configs/semi/atrium3d_*.yaml.
+#: atrium3d at 64x64x48 voxels (1.875 mm) to match the CPU presets in semi presets atrium3d_*.
 DEMO_DATASETS: tuple[tuple[str, int, tuple[int, ...] | None], ...] = (
     ("atrium3d", 16, (64, 64, 48)), ("brain2d", 24, None), ("brain3d", 4, None), ("chest2d", 24, None))
 #: Smaller case counts of ``run_demo(quick=True)`` (tests): just enough for every step to run.
 QUICK_COUNTS = {"atrium3d": 10, "brain2d": 4, "brain3d": 2, "chest2d": 4}
+#: Training lengths of ``medssl demo --quick`` (an install check, not a result).
+QUICK_CORN_ITERATIONS = 2
+QUICK_PRETRAIN_EPOCHS = 1
 #: (dataset, prompt) localized with the ``structures`` backend; atrium3d's ROI guides the pretraining.
 DEMO_PROMPTS: tuple[tuple[str, str], ...] = (
     ("atrium3d", "A cardiac MRI highlighting the left atrium"),
@@ -41,7 +44,12 @@ DEMO_PROMPTS: tuple[tuple[str, str], ...] = (
     ("brain2d", "A brain MRI showing a suspicious irregular mass suggestive of a tumour"),
 )
 DEMO_SEED = 0
-CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
+#: Training seed of the demo's pretraining and CORN runs (the presets' seed).
+DEFAULT_TRAINING_SEED = 1337
+#: CORN's Dice on the held-out atrium3d volumes over training seeds, as measured by
+#: ``benchmarks/demo_seeds.py`` (``benchmarks/results/demo_seeds.md``): (seeds, mean %, sample std %),
+#: or None before it has been measured.
+MEASURED_SEED_SPREAD: tuple[tuple[int, ...], float, float] | None = None
 
 
 @dataclass
@@ -58,6 +66,7 @@ class DemoResult:
     encoder: Path | None = None
     encoder_check: str | None = None
     reconstructions: list[Path] = field(default_factory=list)
+    seed: int = 1337
     semi_run: Path | None = None
     init_report: dict[str, Any] | None = None
     evaluation_md: Path | None = None
@@ -100,7 +109,8 @@ class _Timer:
 
 
 def run_demo(out: str | Path = "runs/demo", overwrite: bool = False, quiet: bool = False,
-             iterations: int | None = None, pretrain_epochs: int | None = None, quick: bool = False) -> DemoResult:
+             iterations: int | None = None, pretrain_epochs: int | None = None, quick: bool = False,
+             seed: int | None = None) -> DemoResult:
     """Run the demo into ``out``; returns what was written.
 
     Args:
@@ -110,9 +120,11 @@ def run_demo(out: str | Path = "runs/demo", overwrite: bool = False, quiet: bool
         iterations: override the CORN preset's training length (tests use a handful).
         pretrain_epochs: override the pretraining preset's epochs (tests use one).
         quick: synthesize only a few cases per dataset (:data:`QUICK_COUNTS`; tests).
+        seed: training seed of the pretraining and of CORN (default: the presets' seed,
+            :data:`DEFAULT_TRAINING_SEED`); the embedded data stay the same (:data:`DEMO_SEED`).
     """
     root = _prepare_root(Path(out), overwrite)
-    result = DemoResult(root=root)
+    result = DemoResult(root=root, seed=DEFAULT_TRAINING_SEED if seed is None else int(seed))
     timed = _Timer(result.seconds)
     timed("synthesize", lambda: _synthesize(result, quiet, quick))
     timed("localize", lambda: _localize(result, quiet))
@@ -155,14 +167,24 @@ def _localize(result: DemoResult, quiet: bool) -> None:
         print(f"[demo] localized {name}: {result.localization[name]}")
 
 
+def _preset(name: str, group: str) -> Path:
+    """The packaged preset the demo trains with (present in every install)."""
+    from medssl.presets import preset_path
+
+    path = preset_path(name, group)
+    if path is None:
+        raise RuntimeError(f"the packaged preset {group}/{name} is missing from this medssl install")
+    return path
+
+
 def _pretrain(result: DemoResult, quiet: bool, epochs: int | None) -> None:
     from medssl.config import load_config
     from medssl.engine.pretrain import PretrainConfig, train_pretrain
     from medssl.engine.pretrain_export import export_encoder_checked
 
-    cfg = load_config(PretrainConfig, CONFIGS_DIR / "pretrain" / "atrium3d_vnet_guided.yaml",
+    cfg = load_config(PretrainConfig, _preset("atrium3d_vnet_guided", "pretrain"),
                       base={"runtime": {"name": "mwm_atrium3d"}})
-    cfg.runtime.runs_root, cfg.runtime.quiet = result.root / "runs", quiet
+    cfg.runtime.runs_root, cfg.runtime.quiet, cfg.runtime.seed = result.root / "runs", quiet, result.seed
     cfg.data.folder = result.datasets["atrium3d"]
     cfg.data.roi_cache = result.roi_caches["atrium3d"]
     if epochs is not None:
@@ -180,9 +202,9 @@ def _train_corn(result: DemoResult, quiet: bool, iterations: int | None) -> None
     from medssl.config import load_config
     from medssl.engine.semi import SemiTrainConfig, train_semi
 
-    cfg = load_config(SemiTrainConfig, CONFIGS_DIR / "semi" / "atrium3d_corn.yaml",
+    cfg = load_config(SemiTrainConfig, _preset("atrium3d_corn", "semi"),
                       base={"runtime": {"name": "corn_atrium3d"}})
-    cfg.runtime.runs_root, cfg.runtime.quiet = result.root / "runs", quiet
+    cfg.runtime.runs_root, cfg.runtime.quiet, cfg.runtime.seed = result.root / "runs", quiet, result.seed
     cfg.data.spec = f"folder:{result.datasets['atrium3d']}"
     cfg.evaluate_after = False  # evaluated below on the held-out test volumes
     cfg.init_encoder = result.encoder
@@ -209,6 +231,21 @@ def _report(result: DemoResult) -> None:
                                  title="medssl demo: text-guided 3D pretraining, then CORN on atrium3d")
 
 
+def reproducibility_note(seed: int) -> str:
+    """What the demo's CORN numbers mean: one training seed, the measured spread over seeds, and why
+    another machine may differ."""
+    if MEASURED_SEED_SPREAD is None:
+        spread = "its spread over training seeds has not been measured yet (`benchmarks/demo_seeds.py`)"
+    else:
+        seeds, mean, std = MEASURED_SEED_SPREAD
+        spread = (f"over training seeds {', '.join(map(str, seeds))} this step gave {mean:.1f} ± {std:.1f} % Dice "
+                  "(mean ± sample std of the per-run means; `benchmarks/results/demo_seeds.md`)")
+    return (f"These numbers come from one training seed ({seed}; `medssl demo --seed N` for another); {spread}. "
+            "The ± in the table is the spread over the test volumes, not over seeds. The same command on the "
+            "same machine gives identical numbers; another CPU or BLAS build rounds differently, and a run this "
+            "short can move by several Dice points (one fresh machine gave 38.7 % where this one gave 45.5 %).")
+
+
 def _write_summary(result: DemoResult) -> None:
     from medssl.runtime.atomic import write_text_atomic
 
@@ -233,6 +270,7 @@ def _write_summary(result: DemoResult) -> None:
                      "checkpoints/)")
     if result.evaluation_md is not None:
         lines += ["- evaluation on the held-out test volumes (final checkpoint):", "",
-                  Path(result.evaluation_md).read_text(encoding="utf-8").strip(), ""]
+                  Path(result.evaluation_md).read_text(encoding="utf-8").strip(), "",
+                  reproducibility_note(result.seed), ""]
     lines += ["", "## Time (s)", ""] + [f"- {k}: {v:.1f}" for k, v in result.seconds.items()]
     write_text_atomic(result.root / "SUMMARY.md", "\n".join(lines) + "\n")

@@ -29,6 +29,7 @@ from medssl.engine.classify_optim import layer_decay_param_groups, lr_multiplier
 from medssl.errors import MedsslInputError
 from medssl.models.classifier import build_classifier
 from medssl.models.encoder_io import read_encoder, timm_in_chans
+from medssl.presets import list_presets, preset_path
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "finetune"
 
@@ -299,17 +300,17 @@ def test_losses_on_soft_targets() -> None:
 
 
 def test_presets_load_and_the_reference_recipe() -> None:
-    names = sorted(p.stem for p in CONFIGS.glob("classify_*.yaml"))
+    names = sorted(p.name for p in list_presets("finetune") if p.name.startswith("classify_"))
     assert names == ["classify_brain2d_resnet18", "classify_chest2d_resnet18", "classify_reference"]
     for name in names:
-        load_config(ClassifyConfig, CONFIGS / f"{name}.yaml", base={"runtime": {"name": "x"}})
-    ref = load_config(ClassifyConfig, CONFIGS / "classify_reference.yaml", base={"runtime": {"name": "x"}})
+        load_config(ClassifyConfig, preset_path(name, "finetune"), base={"runtime": {"name": "x"}})
+    ref = load_config(ClassifyConfig, preset_path("classify_reference", "finetune"), base={"runtime": {"name": "x"}})
     o = ref.optim
     assert (ref.model.backbone, ref.model.image_size, ref.model.drop_path, ref.epochs) == ("resnet50", 224, 0.05, 300)
     assert (o.name, o.base_lr, o.layer_decay, o.weight_decay, o.warmup_epochs) == ("lamb", 0.002, 0.7, 0.02, 5)
     assert (o.label_smoothing, o.mixup, o.cutmix, o.ema_decay, o.loss) == (0.1, 0.1, 1.0, 0.9999, "bce")
     assert ref.data.batch_size == 2048 and ref.model.replicate3
-    cpu = load_config(ClassifyConfig, CONFIGS / "classify_brain2d_resnet18.yaml", base={"runtime": {"name": "x"}})
+    cpu = load_config(ClassifyConfig, preset_path("classify_brain2d_resnet18", "finetune"), base={"runtime": {"name": "x"}})
     assert not cpu.optim.mixing and cpu.optim.ema_decay is None and cpu.model.backbone == "resnet18"
     with pytest.raises(MedsslInputError, match="unknown timm model"):
         load_config(ClassifyConfig, base={"runtime": {"name": "x"}, "data": {"spec": "a.csv"},

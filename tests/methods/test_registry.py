@@ -16,6 +16,7 @@ from medssl.config import load_config
 from medssl.engine.semi import SemiTrainConfig, resolve_method_settings
 from medssl.errors import MedsslInputError
 from medssl.methods import CornConfig, SupervisedMethod, available_methods, register_method, registry
+from medssl.presets import preset_path
 from medssl.runtime.metrics_log import read_metrics
 
 HERE = Path(__file__).resolve().parent
@@ -74,7 +75,7 @@ def test_cli_lists_and_documents_registered_methods(toy_plugin: str) -> None:
 
 def test_method_config_is_typed_by_the_registered_method() -> None:
     base = {"runtime": {"name": "x"}, "data": {"spec": "folder:nowhere"}}
-    cfg = load_config(SemiTrainConfig, "configs/semi/la_corn.yaml", ["method_config.coral_weight=0.1"], base=base)
+    cfg = load_config(SemiTrainConfig, preset_path("la_corn", "semi"), ["method_config.coral_weight=0.1"], base=base)
     assert isinstance(cfg.method_config, CornConfig)
     assert cfg.method_config.coral_weight == 0.1 and cfg.method_config.embed_dim == 32
     with pytest.raises(MedsslInputError, match=r"method_config.*CornConfig.*bogus"):

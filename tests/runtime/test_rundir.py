@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from medssl.errors import MedsslInputError
-from medssl.runtime.rundir import RunDir
+from medssl.runtime.rundir import RunDir, discard_failed_start
 
 SUBDIRS = {"tensorboard", "checkpoints", "figures", "predictions"}
 
@@ -78,3 +79,46 @@ def test_open(tmp_path: Path) -> None:
         RunDir.open(tmp_path / "plain")
     made = RunDir.prepare(tmp_path / "a", "new")
     assert RunDir.open(tmp_path / "a") == made
+
+
+def _fail_inside_guard(action: Callable[[], None], error: BaseException) -> None:
+    with pytest.raises(type(error)), discard_failed_start():
+        action()
+        raise error
+
+
+def test_failed_start_removes_the_new_run_and_the_folders_made_for_it(tmp_path: Path) -> None:
+    root = tmp_path / "runs" / "group" / "r"
+    _fail_inside_guard(lambda: RunDir.prepare(root, "new"), MedsslInputError("x.nii.gz", "contains NaN"))
+    assert list(tmp_path.iterdir()) == []  # runs/ and runs/group/ were made for the run: gone too
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "other").mkdir()
+    _fail_inside_guard(lambda: RunDir.prepare(root, "overwrite"), KeyboardInterrupt())  # Ctrl-C during set-up
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["other"]
+    RunDir.prepare(root, "new")  # the identical start works afterwards without --overwrite
+
+
+def test_failed_start_keeps_runs_with_a_checkpoint_resumed_runs_and_foreign_folders(tmp_path: Path) -> None:
+    def started() -> None:
+        run = RunDir.prepare(tmp_path / "started", "new")
+        (run.checkpoints / "iter_00000001.pt").write_bytes(b"x")
+
+    _fail_inside_guard(started, RuntimeError("diverged"))
+    assert (tmp_path / "started" / "checkpoints" / "iter_00000001.pt").is_file()
+    _fail_inside_guard(lambda: RunDir.prepare(tmp_path / "started", "resume"), MedsslInputError(None, "bad"))
+    assert (tmp_path / "started" / "checkpoints" / "iter_00000001.pt").is_file()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(MedsslInputError, match="already exists"), discard_failed_start():
+        RunDir.prepare(tmp_path / "mine", "new")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+
+
+def test_runs_prepared_outside_a_guard_or_in_a_successful_block_stay(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        RunDir.prepare(tmp_path / "a", "new")
+        raise ValueError("no guard")
+    assert (tmp_path / "a" / "checkpoints").is_dir()
+    with discard_failed_start():
+        RunDir.prepare(tmp_path / "b", "new")
+    assert (tmp_path / "b" / "checkpoints").is_dir()

@@ -16,6 +16,7 @@ from medssl.cli import demo as demo_cli
 from medssl.cli import finetune as finetune_cli
 from medssl.cli import finetune_detect
 from medssl.cli import localize as localize_cli
+from medssl.cli import presets as presets_cli
 from medssl.cli import pretrain as pretrain_cli
 from medssl.cli import report as report_cli
 from medssl.cli import semi as semi_cli
@@ -37,6 +38,7 @@ app.add_typer(finetune_cli.app, name="finetune")
 app.add_typer(semi_cli.app, name="semi")
 app.command("demo")(demo_cli.demo)
 app.command("report")(report_cli.report)
+app.command("presets")(presets_cli.presets)
 
 
 def _version_callback(value: bool) -> None:

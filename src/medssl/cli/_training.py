@@ -18,7 +18,6 @@ from pydantic import BaseModel
 from medssl.errors import MedsslInputError
 from medssl.runtime.rundir import PrepareMode
 
-CONFIGS_DIR = Path(__file__).resolve().parents[3] / "configs"
 _AUTO_NAME = "__auto__"
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
@@ -40,15 +39,18 @@ QuietOption = Annotated[bool, typer.Option("--quiet", help="Plain log lines inst
 
 
 def preset_path(config: Path | None, group: str) -> Path | None:
-    """``--config`` as given; a bare preset name (``atrium3d_corn``) is looked up in ``configs/<group>/``."""
+    """``--config`` as given: a YAML file, or the name of a packaged preset of ``group`` (``atrium3d_corn``)."""
+    from medssl.presets import preset_path as packaged_preset
+
     if config is None:
         return None
     if config.is_file():
         return config
-    for candidate in (CONFIGS_DIR / group / f"{config}.yaml", CONFIGS_DIR / group / str(config)):
-        if candidate.is_file():
-            return candidate
-    raise MedsslInputError(config, f"config file not found (nor a preset name in configs/{group}/)")
+    found = packaged_preset(str(config), group) if len(config.parts) == 1 else None
+    if found is None:
+        raise MedsslInputError(
+            config, f"config file not found, nor a {group} preset of that name (medssl presets {group} lists them)")
+    return found
 
 
 def saved_config(name: str | None, runs_root: Path | None) -> dict[str, Any]:

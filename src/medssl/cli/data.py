@@ -53,7 +53,7 @@ def prepare_la_cmd(
 
 @app.command("inspect")
 def inspect_cmd(
-    path: Path = typer.Argument(..., help="An image file, a DICOM series folder or a dataset folder."),
+    path: Path = typer.Argument(..., help="An image file, a DICOM series folder or a dataset folder (nnunet:<folder> for the nnU-Net layout)."),
     label: Path | None = typer.Option(None, "--label", help="Label file to check against the image."),
 ) -> None:
     """Print shape, spacing, intensity and label statistics, and any problems found."""

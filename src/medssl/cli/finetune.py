@@ -19,7 +19,7 @@ def classify(
     data: str | None = typer.Option(None, "--data", help="csv:<classes.csv> or imagefolder:<root>."),
     backbone: str | None = typer.Option(None, "--backbone", help="timm model name (e.g. resnet18, resnet50)."),
     init: Path | None = typer.Option(None, "--init", help="Exported pretrained encoder (timm state dict)."),
-    config: Path | None = typer.Option(None, "--config", help="YAML preset (a file or a name in configs/finetune/)."),
+    config: Path | None = typer.Option(None, "--config", help="YAML preset (a file or a preset name: medssl presets finetune)."),
     epochs: int | None = typer.Option(None, "--epochs", help="Override the number of epochs."),
     name: str | None = typer.Option(None, "--name", help="Run name (default classify_<backbone>_<init|scratch>_s<seed>)."),
     runs_root: opt.RunsRootOption = None,

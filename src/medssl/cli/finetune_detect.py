@@ -30,7 +30,7 @@ def detect(
                                      "test.list) or a COCO instances JSON."),
     backbone: str | None = typer.Option(None, "--backbone", help="resnet18 | resnet34 | resnet50 | resnet101"),
     init: Path | None = typer.Option(None, "--init", help="Exported 2D encoder (.pt); omit to train from scratch."),
-    config: Path | None = typer.Option(None, "--config", help="YAML preset (a file or a name in configs/finetune/)."),
+    config: Path | None = typer.Option(None, "--config", help="YAML preset (a file or a preset name: medssl presets finetune)."),
     epochs: float | None = typer.Option(None, "--epochs", help="Training length in epochs."),
     iterations: int | None = typer.Option(None, "--iterations", help="Training length in iterations (overrides epochs)."),
     name: str | None = typer.Option(None, "--name", help="Run name (default detect_<backbone>_<init|scratch>_s<seed>)."),

@@ -66,7 +66,7 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 @app.command("run")
 def run(
-    data: list[Path] = typer.Option(..., "--data", help="Dataset folder (images/ [+ structures/, labels/]), a "
+    data: list[Path] = typer.Option(..., "--data", help="Dataset folder (images/ [+ structures/, labels/]), nnunet:<folder>, a "
                                     "folder of images, or image files (repeat --data)."),
     prompt: str = typer.Option(..., "--prompt", help="Text naming the region, e.g. 'A cardiac MRI "
                                "highlighting the left atrium'."),

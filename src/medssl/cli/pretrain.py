@@ -48,7 +48,7 @@ def run(
     dims: int | None = typer.Option(None, "--dims", help="2 (images) or 3 (volumes)."),
     image_size: int | None = typer.Option(None, "--image-size", help="2D input size (pixels)."),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Images per step (all processes)."),
-    config: Path | None = typer.Option(None, "--config", help="YAML preset (a file or a name in configs/pretrain/)."),
+    config: Path | None = typer.Option(None, "--config", help="YAML preset (a file or a preset name: medssl presets pretrain)."),
     name: str | None = typer.Option(None, "--name", help="Run name (default <masking>_<backbone>_s<seed>)."),
     runs_root: opt.RunsRootOption = None,
     epochs: int | None = typer.Option(None, "--epochs"),

@@ -45,9 +45,9 @@ def _describe_methods(ctx: typer.Context) -> None:
 @app.command("train")
 def train(
     method: str | None = typer.Option(None, "--method", help=METHOD_HELP),
-    data: str | None = typer.Option(None, "--data", help="Data spec: la:<root>, folder:<root> or a folder."),
+    data: str | None = typer.Option(None, "--data", help="Data spec: la:<root>, folder:<root>, nnunet:<root> or a folder."),
     labeled: int | None = typer.Option(None, "--labeled", help="Number of labeled training volumes."),
-    config: Path | None = typer.Option(None, "--config", help="YAML preset (a file or a name in configs/semi/)."),
+    config: Path | None = typer.Option(None, "--config", help="YAML preset (a file or a preset name: medssl presets semi)."),
     name: str | None = typer.Option(None, "--name", help="Run name (default <method>_<labeled>l_s<seed>)."),
     runs_root: opt.RunsRootOption = None,
     iterations: int | None = typer.Option(None, "--iterations", help="Override max_iterations."),

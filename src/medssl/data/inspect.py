@@ -307,19 +307,42 @@ def _inspect_la(root: Path, cases: list[Path]) -> InspectionReport:
     return report
 
 
+def _inspect_nnunet(root: Path) -> InspectionReport:
+    from medssl.data.nnunet import read_nnunet_layout
+
+    layout = read_nnunet_layout(root)  # an invalid dataset.json or file layout stops here (one line)
+    names = ", ".join(f"{value} {name}" for name, value in sorted(layout.labels.items(), key=lambda kv: kv[1]))
+    report = InspectionReport(source=str(root), kind="dataset",
+                              layout=f"nnU-Net raw (dataset.json: {layout.file_ending}, labels {names}; "
+                                     f"{len(layout.labelled)} labelled, {len(layout.cases) - len(layout.labelled)} "
+                                     "unlabeled)")
+    for case in layout.cases:
+        summary = _case_summary(case.case_id, case.image, case.label)
+        report.cases.append(summary)
+        report.problems += [f"{case.case_id}: {p}" for p in summary.problems]
+    return report
+
+
 def inspect_path(path: str | Path, label: str | Path | None = None) -> InspectionReport:
     """Inspect an image file, a DICOM series folder or a dataset folder.
 
     For an image: format, shape, dtype, spacing (mm), orientation code, intensity statistics and
     NaN / Inf counts; with ``label`` (or the ``label`` dataset of an HDF5 file): label values, voxel
     counts, foreground fraction, bounding box (voxels) and whether its geometry matches.
-    For a folder with ``images/`` (+ ``labels/``, matched by file name) or with
-    ``<case>/mri_norm2.h5`` cases: one line per case and the problems found; any other folder is
-    read as a DICOM series.
+    For a folder with ``images/`` (+ ``labels/``, matched by file name), an nnU-Net raw dataset
+    (``nnunet:<folder>`` or ``dataset.json`` + ``imagesTr/``) or ``<case>/mri_norm2.h5`` cases: one line per
+    case and the problems found; any other folder is read as a DICOM series.
 
     Raises:
         MedsslInputError: the path (or label) cannot be read at all.
     """
+    from medssl.data.nnunet import nnunet_root
+
+    raw = nnunet_root(path)
+    if raw is not None:
+        if label is not None:
+            raise MedsslInputError(label, "--label applies to a single image, not to a dataset folder")
+        return _inspect_nnunet(raw)
     path = Path(path)
     if not path.exists():
         raise MedsslInputError(path, "no such file or folder")

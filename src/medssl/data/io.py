@@ -27,6 +27,7 @@ import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -183,7 +184,7 @@ def _guarded(path: Path, what: str, fn: Callable[[], Any]) -> tuple[Any, list[st
             raise
         except Exception as exc:  # a reader failing on a user's file is a user input problem
             raise MedsslInputError(path, f"cannot read {what} ({_one_line(exc)})") from exc
-    return result, [_one_line(w.message) for w in caught]
+    return result, [_one_line(w.message if isinstance(w.message, Warning) else Warning(w.message)) for w in caught]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -208,7 +209,7 @@ def _read_nrrd(path: Path) -> tuple[np.ndarray, np.ndarray, bool, bool, dict[str
     from monai.data import NrrdReader
 
     def run() -> tuple[np.ndarray, np.ndarray, bool]:
-        loaded = NrrdReader().read(str(path))
+        loaded: Any = NrrdReader().read(str(path))  # one file: one NrrdImage
         if "space directions" not in loaded.header:  # no world space: per-axis spacings at most
             arr = _native(loaded.array)
             steps = [float(s) for s in loaded.header.get("spacings", [])][: min(arr.ndim, 3)]
@@ -347,7 +348,7 @@ def _scan_dicom_folder(folder: Path) -> list[str]:
                                        "is a DICOM file")
     headers = []
     for f in dicom_files:
-        hdr, _ = _guarded(Path(f), "DICOM header", lambda f=f: pydicom.dcmread(f, stop_before_pixels=True))
+        hdr, _ = _guarded(Path(f), "DICOM header", partial(pydicom.dcmread, f, stop_before_pixels=True))
         headers.append(hdr)
     if len(headers) == 1:
         return dicom_files

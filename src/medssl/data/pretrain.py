@@ -120,12 +120,18 @@ def list_pretrain_images(folder: str | Path, split: str | None = None) -> list[P
     """The image files of a pretraining folder, in split-list order (else sorted by name).
 
     Args:
-        folder: ``<root>`` with ``images/`` (embedded layout) or a plain folder of image files.
+        folder: ``<root>`` with ``images/`` (embedded layout), a plain folder of image files, or an
+            nnU-Net raw dataset (``nnunet:<root>``, or a folder with ``dataset.json`` + ``imagesTr/``).
         split: see :class:`PretrainDataConfig`.
 
     Raises:
         MedsslInputError: missing folder, no images, a missing list, or a listed case without an image.
     """
+    from medssl.data.nnunet import nnunet_images, nnunet_root
+
+    raw = nnunet_root(folder)
+    if raw is not None:
+        return nnunet_images(raw, split)
     root = Path(folder)
     if not root.is_dir():
         raise MedsslInputError(root, "no such data folder")
@@ -225,7 +231,7 @@ def _pad_crop(image: np.ndarray, roi: np.ndarray, size: Sequence[int],
         roi = np.pad(roi, width)
     start = [int(rng.integers(0, d - int(s), endpoint=True)) for d, s in zip(roi.shape, size, strict=True)]
     region = tuple(slice(a, a + int(s)) for a, s in zip(start, size, strict=True))
-    return image[(slice(None), *region)], roi[region]
+    return image[(slice(None),) + region], roi[region]
 
 
 def _central_crop(x: np.ndarray, size: Sequence[int]) -> np.ndarray:

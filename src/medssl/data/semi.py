@@ -26,13 +26,14 @@ class SemiDataConfig(MedsslConfig):
     """Which volumes are labeled, unlabeled and held out for validation.
 
     The training list is ``split_file`` (default ``<root>/train.list``, else every case of the dataset
-    in sorted order). Its last ``n_val`` entries are validation; of the rest, the first ``labeled`` are
-    labeled and the others unlabeled. For the left-atrium benchmark (80 public training cases) this is
+    in sorted order; ``nnunet:`` datasets: the labelled cases, then the unlabeled ones). Its last ``n_val``
+    entries with a label are validation; of the rest, the first ``labeled`` with a label are labeled and the
+    others unlabeled. For the left-atrium benchmark (80 public training cases) this is
     64 training cases (first N labeled) and 16 validation cases; the 20 standard test cases are never used
     in training.
     """
 
-    spec: str | None = Field(None, description="'la:<root>', 'folder:<root>' or a bare folder (layout "
+    spec: str | None = Field(None, description="'la:<root>', 'folder:<root>', 'nnunet:<root>' or a bare folder (layout "
                              "detected); None when the dataset is passed as an object (train_semi(dataset=...)).")
     split_file: Path | None = Field(None, description="Ordered training list (default <root>/train.list).")
     labeled: int = Field(8, ge=1, description="Number of labeled training volumes (first N of the list).")
@@ -99,28 +100,45 @@ def open_semi_data(cfg: SemiDataConfig, cache: bool = True) -> tuple[VolumeDatas
         dataset = open_volume_dataset(cfg.spec, cache=cache, labels_required=False)
         if split_file is not None:
             dataset = select_cases(dataset, read_split(split_file), split_file, root, cfg.allow_missing)
+    with_label = _with_label(dataset)
     dataset = zoomed(dataset, cfg.zoom, cache)
-    return dataset, split_volumes(len(dataset), cfg, default_n_val=16 if layout == "la" else 0)
+    return dataset, split_volumes(len(dataset), cfg, default_n_val=16 if layout == "la" else 0,
+                                  with_label=with_label)
 
 
-def split_volumes(n: int, cfg: SemiDataConfig, default_n_val: int = 0) -> SemiSplits:
-    """Split ``n`` ordered training volumes: the last ``n_val`` validate, of the rest the first ``labeled``
-    are labeled and the others (at most ``max_unlabeled``) unlabeled.
+def _with_label(dataset: VolumeDataset) -> list[bool]:
+    """Which cases have a label file (datasets without per-case label files: all of them)."""
+    paths = getattr(dataset, "label_paths", None)
+    return [p is not None for p in paths] if paths is not None else [True] * len(dataset)
+
+
+def split_volumes(n: int, cfg: SemiDataConfig, default_n_val: int = 0,
+                  with_label: Sequence[bool] | None = None) -> SemiSplits:
+    """Split ``n`` ordered training volumes: the last ``n_val`` with a label validate, the first ``labeled``
+    with a label are labeled and all others (at most ``max_unlabeled``) unlabeled, in list order.
+
+    Args:
+        with_label: which volumes have a label (default: all, which makes this the plain list split).
 
     Raises:
-        MedsslInputError: no training volume left, or more labeled volumes than training volumes.
+        MedsslInputError: no training volume left, or more labeled volumes than labelled training volumes.
     """
     n_val = cfg.n_val if cfg.n_val is not None else default_n_val
-    if n_val >= n:
-        raise MedsslInputError("data.n_val", f"{n_val} validation volumes leave no training volume of {n}")
-    n_train = n - n_val
+    labelled = [i for i, has in enumerate(with_label if with_label is not None else [True] * n) if has]
+    partial = " with a label" if len(labelled) < n else ""
+    if n_val >= len(labelled):
+        raise MedsslInputError("data.n_val", f"{n_val} validation volumes leave no training volume{partial} "
+                               f"of {len(labelled)}")
+    n_train = len(labelled) - n_val
     if cfg.labeled > n_train:
         raise MedsslInputError("data.labeled", f"{cfg.labeled} labeled volumes requested but only {n_train} "
-                               "training volumes exist")
-    unlabeled = list(range(cfg.labeled, n_train))
+                               f"training volumes{partial} exist")
+    labeled, val = labelled[: cfg.labeled], labelled[n_train:]
+    taken = set(labeled) | set(val)
+    unlabeled = [i for i in range(n) if i not in taken]
     if cfg.max_unlabeled is not None:
         unlabeled = unlabeled[: cfg.max_unlabeled]
-    return SemiSplits(labeled=list(range(cfg.labeled)), unlabeled=unlabeled, val=list(range(n_train, n)))
+    return SemiSplits(labeled=labeled, unlabeled=unlabeled, val=val)
 
 
 class SubsetDataset:
@@ -129,6 +147,9 @@ class SubsetDataset:
     def __init__(self, base: VolumeDataset, indices: Sequence[int]) -> None:
         self.base, self.indices = base, list(indices)
         self.case_ids = [base.case_ids[i] for i in self.indices]
+        paths = getattr(base, "label_paths", None)
+        if paths is not None:  # which cases have a label (see split_volumes)
+            self.label_paths = [paths[i] for i in self.indices]
 
     def __len__(self) -> int:
         return len(self.indices)

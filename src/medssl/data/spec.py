@@ -19,6 +19,7 @@ from medssl.errors import MedsslInputError
 LAYOUTS: dict[str, str] = {
     "la": "left-atrium HDF5 layout: <root>/<case>/mri_norm2.h5 (datasets image, label)",
     "folder": "image/label folders: <root>/images/<name> + <root>/labels/<name>",
+    "nnunet": "nnU-Net v2 / Decathlon raw layout: <root>/dataset.json, imagesTr/, labelsTr/, imagesTs/",
 }
 
 
@@ -86,18 +87,22 @@ def parse_spec(spec: str) -> tuple[str | None, Path]:
 
 
 def detect_layout(root: Path) -> str:
-    """Guess the layout of a dataset folder: ``folder`` if it has ``images/``, ``la`` if any
-    sub-folder holds ``mri_norm2.h5``."""
+    """Guess the layout of a dataset folder: ``folder`` if it has ``images/``, ``nnunet`` if it has
+    ``dataset.json`` and ``imagesTr/``, ``la`` if any sub-folder holds ``mri_norm2.h5``."""
+    from medssl.data.nnunet import is_nnunet_folder
+
     if not root.is_dir():
         raise MedsslInputError(root, "dataset folder not found")
     if (root / "images").is_dir():
         return "folder"
+    if is_nnunet_folder(root):
+        return "nnunet"
     if any((sub / "mri_norm2.h5").is_file() for sub in root.iterdir() if sub.is_dir()):
         return "la"
     raise MedsslInputError(
         root,
-        "cannot tell the dataset layout: expected images/ (+ labels/) or case folders with "
-        "mri_norm2.h5; name it explicitly as 'la:<path>' or 'folder:<path>'",
+        "cannot tell the dataset layout: expected images/ (+ labels/), dataset.json + imagesTr/ or case "
+        "folders with mri_norm2.h5; name it explicitly as 'folder:<path>', 'nnunet:<path>' or 'la:<path>'",
     )
 
 
@@ -105,7 +110,7 @@ def open_volume_dataset(spec: str, split: str | None = None, **kw: Any) -> Volum
     """Open a segmentation dataset from a spec string.
 
     Args:
-        spec: ``la:<root>``, ``folder:<root>`` or a bare ``<root>`` (layout detected).
+        spec: ``la:<root>``, ``folder:<root>``, ``nnunet:<root>`` or a bare ``<root>`` (layout detected).
         split: a split name; the split list ``<root>/<split>.list`` selects the cases
             (None: all cases, unless ``split_file`` / ``case_ids`` is given for ``la``).
         **kw: passed to the layout's dataset class, e.g. ``cache``, ``allow_missing`` and
@@ -128,6 +133,13 @@ def open_volume_dataset(spec: str, split: str | None = None, **kw: Any) -> Volum
                 raise MedsslInputError(split_path, f"split list for split {split!r} not found")
             kw["split_file"] = split_path
         return LeftAtriumDataset(root, **kw)
+    if layout == "nnunet":
+        from medssl.data.nnunet import NnUNetDataset
+
+        if split is not None:
+            raise MedsslInputError(spec, "the nnU-Net layout has no named splits (labelled cases come from labelsTr/)")
+        kw.pop("labels_required", None)  # labelsTr/ decides which cases are labelled
+        return NnUNetDataset(root, **kw)
     from medssl.data.layouts import FolderSegmentationDataset
 
     return FolderSegmentationDataset(root, split=split, **kw)

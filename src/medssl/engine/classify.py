@@ -4,13 +4,14 @@ The Python API behind ``medssl finetune classify``::
 
     from medssl.config import load_config
     from medssl.engine.classify import ClassifyConfig, train_classifier
+    from medssl.presets import preset_path
 
-    cfg = load_config(ClassifyConfig, "configs/finetune/classify_brain2d_resnet18.yaml",
+    cfg = load_config(ClassifyConfig, preset_path("classify_brain2d_resnet18", "finetune"),
                       base={"runtime": {"name": "cls"}, "data": {"spec": "csv:data/brain2d/classes.csv"}})
     result = train_classifier(cfg)       # runs/cls/: metrics.csv, checkpoints/, results.json, results.md
 
 The reference fine-tuning recipe of SparK / Mask What Matters for ResNet-50 is the schema default
-(``configs/finetune/classify_reference.yaml`` spells it out). Its pieces live in small modules, whose
+(the preset ``finetune/classify_reference`` spells it out). Its pieces live in small modules, whose
 public names are re-exported here:
 
 * :mod:`medssl.data.classify`: splits (CSV or image folder, stratified seeded validation hold-out) and
@@ -92,7 +93,7 @@ from medssl.errors import MedsslInputError
 from medssl.metrics.classification import CLASSIFICATION_METRIC_KEYS
 from medssl.models.classifier import InitReport, build_classifier
 from medssl.models.encoder_io import check_timm_fit, read_encoder, timm_in_chans
-from medssl.runtime.rundir import PrepareMode
+from medssl.runtime.rundir import PrepareMode, discard_failed_start
 from medssl.runtime.session import start_run
 
 __all__ = [
@@ -161,7 +162,7 @@ class ClassifyModelConfig(MedsslConfig):
 
 
 class ClassifyConfig(MedsslConfig):
-    """Everything ``medssl finetune classify`` needs; presets live in ``configs/finetune/``."""
+    """Everything ``medssl finetune classify`` needs; presets: ``medssl presets finetune``."""
 
     runtime: RuntimeConfig
     data: ClassifyDataConfig
@@ -220,6 +221,7 @@ def _resolve_in_chans(cfg: ClassifyConfig, data: ClassificationData, init_chans:
     return 3 if cfg.model.replicate3 else native_channels(data.train)
 
 
+@discard_failed_start()
 def train_classifier(cfg: ClassifyConfig, mode: PrepareMode = "new", *,
                      command: Sequence[str] | None = None, data: ClassificationData | None = None) -> ClassifyResult:
     """Fine-tune ``cfg.model.backbone`` on ``cfg.data`` and write ``results.json`` / ``results.md``.

@@ -119,7 +119,7 @@ def layer_decay_param_groups(model: nn.Module, lr: float, weight_decay: float, l
                                               "weight_decay": 0.0 if nd else weight_decay, "lr": lr * scale})
             g["params"].append(p)
         return [groups[k] for k in sorted(groups, key=lambda k: (-k[0], k[1]))]
-    from timm.optim._param_groups import param_groups_layer_decay
+    from timm.optim import param_groups_layer_decay
 
     out = []
     for g in param_groups_layer_decay(model, weight_decay=weight_decay, layer_decay=layer_decay):

@@ -4,8 +4,9 @@ The Python API behind ``medssl finetune detect``::
 
     from medssl.config import load_config
     from medssl.engine.detect import DetectConfig, train_detector
+    from medssl.presets import preset_path
 
-    cfg = load_config(DetectConfig, "configs/finetune/detect_brain2d_r18.yaml",
+    cfg = load_config(DetectConfig, preset_path("detect_brain2d_r18", "finetune"),
                       base={"runtime": {"name": "det"}, "data": {"root": "data/brain2d"}},
                       overrides=["init=runs/pretrain/encoder.pt"])
     result = train_detector(cfg)     # runs/det/: results.json, results.md, figures/, checkpoints/
@@ -72,7 +73,7 @@ from medssl.metrics.detection import DETECTION_KEYS, SIZE_KEYS, coco_detections
 from medssl.models.detector import BACKBONES, build_detector
 from medssl.models.encoder_io import ResnetBodyInit, read_resnet_body_init
 from medssl.runtime.atomic import write_json_atomic, write_text_atomic
-from medssl.runtime.rundir import PrepareMode
+from medssl.runtime.rundir import PrepareMode, discard_failed_start
 
 __all__ = [
     "BACKBONES",
@@ -134,6 +135,7 @@ def _resolved_normalisation(cfg: DetectConfig, store: SampleStore, train_indices
     return cfg.model_copy(update={"model": cfg.model.model_copy(update={"image_mean": mean, "image_std": std})})
 
 
+@discard_failed_start()
 def train_detector(
     cfg: DetectConfig,
     mode: PrepareMode = "new",

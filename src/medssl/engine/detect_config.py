@@ -77,7 +77,7 @@ class DetectOptimConfig(MedsslConfig):
 
 
 class DetectConfig(MedsslConfig):
-    """Everything ``medssl finetune detect`` needs; presets live in ``configs/finetune/detect_*.yaml``."""
+    """Everything ``medssl finetune detect`` needs; presets: ``medssl presets finetune`` (``detect_*``)."""
 
     runtime: RuntimeConfig
     data: DetectDataConfig

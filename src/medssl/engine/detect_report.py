@@ -70,9 +70,9 @@ def detection_overlay(
     ax.imshow(rgba, interpolation="nearest")
     if ground_truth is not None:
         gt_masks = ground_truth.get("masks")
-        for k, box in enumerate(np.asarray(ground_truth["boxes"]).reshape(-1, 4)):
-            if gt_masks is not None and np.asarray(gt_masks[k]).any():
-                ax.contour(np.asarray(gt_masks[k], np.float32), levels=[0.5], colors=[GT_COLOUR], linewidths=1.0)
+        for g, box in enumerate(np.asarray(ground_truth["boxes"]).reshape(-1, 4)):
+            if gt_masks is not None and np.asarray(gt_masks[g]).any():
+                ax.contour(np.asarray(gt_masks[g], np.float32), levels=[0.5], colors=[GT_COLOUR], linewidths=1.0)
             x0, y0, x1, y1 = (float(v) for v in box)
             ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec=GT_COLOUR, lw=0.8))
     ax.set_xlim(-0.5, w - 0.5)

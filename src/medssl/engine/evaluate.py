@@ -160,11 +160,9 @@ def prediction_to_labels(prediction: Any, shape: tuple[int, ...], source: str = 
 @contextlib.contextmanager
 def _progress(total: int | None, enabled: bool) -> Iterator[Callable[..., None]]:
     """Yield ``advance(**values)``: one case done, on the run's progress bar (no-op without one)."""
-    try:
-        from medssl.runtime.progress import progress_bar
-    except ImportError:  # progress reporting is optional
-        progress_bar = None
-    if not enabled or progress_bar is None or total is None:
+    from medssl.runtime.progress import progress_bar
+
+    if not enabled or total is None:
         yield lambda **values: None
         return
     with progress_bar(total=total, description="evaluate") as bar:

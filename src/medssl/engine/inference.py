@@ -167,7 +167,7 @@ def _window_probs(net: Net, batch: Tensor, n_classes: int, device: torch.device,
 
 def _unpad(probs: Tensor, pads: tuple[tuple[int, int], ...]) -> Tensor:
     crop = tuple(slice(b, probs.shape[i + 1] - a) for i, (b, a) in enumerate(pads))
-    return probs[(slice(None), *crop)].contiguous()
+    return probs[(slice(None),) + crop].contiguous()
 
 
 def _coverage(
@@ -228,7 +228,7 @@ def sliding_window_predict(
             batch = torch.stack([img[w] for w in chunk])[:, None]
             probs = _window_probs(net, batch, n_classes, dev, precision)
             for w, p in zip(chunk, probs, strict=True):
-                score[(slice(None), *w)] += p
+                score[(slice(None),) + tuple(w)] += p
         score /= _coverage(tuple(img.shape), patch, stride, dev)
     return _unpad(score, pads)
 
@@ -254,7 +254,7 @@ def plain_sliding_window_predict(
     with _eval_mode(net), torch.inference_mode():
         for w in window_positions(tuple(img.shape), patch, stride):
             probs = _window_probs(net, img[w][None, None], n_classes, dev, precision)
-            score[(slice(None), *w)] += probs[0]
+            score[(slice(None),) + tuple(w)] += probs[0]
             count[w] += 1
         score /= count
     return _unpad(score, pads)

@@ -25,7 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 import torch
 from torch import Tensor
@@ -185,7 +185,7 @@ def _mean_over_ranks(fabric: Fabric, values: dict[str, float]) -> dict[str, floa
     if fabric.world_size == 1 or not values:
         return values
     stacked = torch.tensor(list(values.values()), dtype=torch.float64, device=fabric.device)
-    reduced = fabric.all_reduce(stacked, reduce_op="mean")
+    reduced = cast(torch.Tensor, fabric.all_reduce(stacked, reduce_op="mean"))
     return {k: float(v) for k, v in zip(values, reduced.tolist(), strict=True)}
 
 

@@ -6,7 +6,7 @@ The Python API behind ``medssl pretrain``::
     from medssl.engine.pretrain import PretrainConfig, train_pretrain
     from medssl.engine.pretrain_export import export_encoder
 
-    cfg = load_config(PretrainConfig, "configs/pretrain/brain2d_resnet18_guided.yaml",
+    cfg = load_config(PretrainConfig, preset_path("brain2d_resnet18_guided", "pretrain"),
                       base={"runtime": {"name": "mwm"}, "data": {"folder": "data/brain2d",
                                                                  "roi_cache": "data/brain2d_roi"}})
     result = train_pretrain(cfg)                              # runs/mwm/...
@@ -71,7 +71,7 @@ from medssl.masking import (
 )
 from medssl.runtime.atomic import write_json_atomic
 from medssl.runtime.fast_paths import apply_fast_paths
-from medssl.runtime.rundir import PrepareMode
+from medssl.runtime.rundir import PrepareMode, discard_failed_start
 from medssl.runtime.session import start_run
 
 if TYPE_CHECKING:
@@ -158,7 +158,7 @@ class PretrainOptimConfig(MedsslConfig):
 
 
 class PretrainConfig(MedsslConfig):
-    """Everything ``medssl pretrain run`` needs; presets live in ``configs/pretrain/``."""
+    """Everything ``medssl pretrain run`` needs; presets: ``medssl presets pretrain``."""
 
     runtime: RuntimeConfig
     data: PretrainDataConfig
@@ -261,6 +261,7 @@ def _check_masking(cfg: PretrainConfig, grid: Sequence[int]) -> None:
 
 
 # -------------------------------------------------------------------------------------- training
+@discard_failed_start()
 def train_pretrain(cfg: PretrainConfig, mode: PrepareMode = "new", *,
                    command: Sequence[str] | None = None) -> PretrainResult:
     """Pretrain an encoder with SparK and random or region-guided masks.
@@ -276,6 +277,7 @@ def train_pretrain(cfg: PretrainConfig, mode: PrepareMode = "new", *,
     Raises:
         MedsslInputError: bad data, ROI maps, model or masking settings; raised before anything is written.
     """
+    from medssl.data.nnunet import nnunet_root
     from medssl.models.spark import LightDecoder, build_spark
 
     _check_model(cfg.model)
@@ -294,7 +296,7 @@ def train_pretrain(cfg: PretrainConfig, mode: PrepareMode = "new", *,
     expected = expected_mask_ratios(dataset, patch, cfg.masking)
     extra = {"pretrain": {"expected_mask_ratio": expected, "data": data_report, "grid": list(grid),
                           "patch_size": patch}}
-    data_paths: list[Path] = [Path(cfg.data.folder)]
+    data_paths: list[Path] = [nnunet_root(cfg.data.folder) or Path(cfg.data.folder)]
     if cfg.data.roi_cache is not None:
         data_paths.append(Path(cfg.data.roi_cache))
     session = start_run(cfg.runtime, cfg, mode, command=command, data_paths=data_paths, extra=extra)

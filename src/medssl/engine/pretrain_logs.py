@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor
@@ -44,8 +44,8 @@ class EpochMeans:
         values = [loss, float(self.steps)] + [self.sums[k] for k in self.KEYS] + \
             [float(self.counts[k]) for k in self.KEYS]
         if fabric.world_size > 1:
-            reduced = fabric.all_reduce(torch.tensor(values, dtype=torch.float64, device=fabric.device),
-                                        reduce_op="sum")
+            reduced = cast(torch.Tensor, fabric.all_reduce(
+                torch.tensor(values, dtype=torch.float64, device=fabric.device), reduce_op="sum"))
             values = [float(v) for v in reduced.tolist()]
         k = len(self.KEYS)
         out = {"loss": values[0] / max(values[1], 1.0)}

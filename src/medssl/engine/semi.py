@@ -3,8 +3,9 @@
 The Python API behind ``medssl semi``::
 
     from medssl.engine.semi import SemiTrainConfig, train_semi, evaluate_run, predict_file
+    from medssl.presets import preset_path
 
-    cfg = load_config(SemiTrainConfig, "configs/semi/atrium3d_corn.yaml",
+    cfg = load_config(SemiTrainConfig, preset_path("atrium3d_corn", "semi"),
                       base={"runtime": {"name": "corn_demo"}, "data": {"spec": "folder:data/atrium3d"}})
     result = train_semi(cfg)                    # runs/corn_demo/...
     evaluate_run(result.run_dir)                # metrics on the validation / test cases
@@ -51,7 +52,7 @@ from medssl.errors import MedsslInputError
 from medssl.methods import SemiBatch, SemiMethod, get_method, method_config
 from medssl.models.encoder_io import load_vnet_encoders, read_encoder
 from medssl.runtime.fast_paths import apply_fast_paths
-from medssl.runtime.rundir import PrepareMode
+from medssl.runtime.rundir import PrepareMode, discard_failed_start
 from medssl.runtime.session import start_run
 
 __all__ = [
@@ -101,9 +102,9 @@ def build_semi_batch_fn(
             case = dataset.load(idx)
             label = case.label if case.label is not None else np.zeros(case.image.shape, np.uint8)
             rng = np.random.default_rng(sample_seed(sampler.seed, iteration, pos, sampler.rank))
-            image, label = augment(case.image, label, rng)
-            if pos >= sampler.labeled_bs:
-                label = np.zeros_like(label)
+            image, moved = augment(case.image, label, rng)
+            assert moved is not None  # a label in, a label out
+            label = np.zeros_like(moved) if pos >= sampler.labeled_bs else moved
             images.append(np.ascontiguousarray(image, dtype=np.float32))
             labels.append(np.ascontiguousarray(label))
             indices.append(idx)
@@ -138,6 +139,7 @@ def resolve_method_settings(cfg: SemiTrainConfig) -> SemiTrainConfig:
     return cfg.model_copy(update={"method_config": settings})
 
 
+@discard_failed_start()
 def train_semi(
     cfg: SemiTrainConfig,
     mode: PrepareMode = "new",

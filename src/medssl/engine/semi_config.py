@@ -1,6 +1,6 @@
 """Configuration of semi-supervised training (``medssl semi train``) and the result it returns.
 
-Presets live in ``configs/semi/``; the data section is :class:`medssl.data.semi.SemiDataConfig`.
+Presets: ``medssl presets semi``; the data section is :class:`medssl.data.semi.SemiDataConfig`.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class InferenceConfig(MedsslConfig):
 
 
 class SemiTrainConfig(MedsslConfig):
-    """Everything ``medssl semi train`` needs; presets live in ``configs/semi/``.
+    """Everything ``medssl semi train`` needs; presets: ``medssl presets semi``.
 
     ``method`` names a registered method (:func:`medssl.methods.available_methods`) and is the
     discriminator of ``method_config``: that section is validated by the method's own config class

@@ -56,9 +56,20 @@ class Localizer(Protocol):
         model_revision: the model's revision / version, or None.
     """
 
-    name: str
-    model_id: str | None
-    model_revision: str | None
+    @property
+    def name(self) -> str:
+        """Registry name of the backend."""
+        ...
+
+    @property
+    def model_id(self) -> str | None:
+        """The model the backend uses (hub id or path), or None."""
+        ...
+
+    @property
+    def model_revision(self) -> str | None:
+        """The model's revision / version, or None."""
+        ...
 
     def params(self) -> dict[str, Any]:
         """Every parameter that changes the output (JSON-serialisable); part of the ROI cache key."""

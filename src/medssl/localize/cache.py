@@ -30,6 +30,7 @@ import io
 import json
 import os
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,7 @@ def file_content_hash(path: str | Path) -> str:
         if path.is_dir():
             digest.update(f"{file.relative_to(path).as_posix()}\0".encode())
         with open(file, "rb") as fh:
-            for chunk in iter(lambda fh=fh: fh.read(_CHUNK), b""):
+            for chunk in iter(partial(fh.read, _CHUNK), b""):
                 digest.update(chunk)
     return digest.hexdigest()
 
@@ -335,7 +336,7 @@ class RoiCache:
         path = self.entries_dir / f"{key}.intermediates.npz"
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as fh:
-                np.savez_compressed(fh, **arrays)
+                np.savez_compressed(fh, **arrays)  # type: ignore[arg-type]  # numpy's stub: allow_pickle
             checksum = file_content_hash(tmp)
         return {"file": path.name, "sha256": checksum,
                 "arrays": {name: {"dtype": a.dtype.name, "shape": list(a.shape)} for name, a in arrays.items()}}

@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -186,7 +186,7 @@ def m2ib_train(model: Any, tokenizer_or_text_features: Any, image_tensor: torch.
         MedsslInputError: ``layer`` outside the tower's blocks.
     """
     trunk = _trunk(model)
-    n_blocks = len(trunk.blocks)
+    n_blocks = len(_blocks(trunk))
     if not 0 <= int(layer) < n_blocks:
         raise MedsslInputError("layer", f"must lie in 0..{n_blocks - 1} for this model's {n_blocks} ViT blocks, "
                                         f"got {layer}")
@@ -199,6 +199,11 @@ def m2ib_train(model: Any, tokenizer_or_text_features: Any, image_tensor: torch.
                       steps=steps, lr=lr, batch=batch, gen=gen, device=device, dtype=dtype)
 
 
+def _blocks(trunk: nn.Module) -> nn.Sequential:
+    """The transformer blocks of a timm ViT trunk."""
+    return cast(nn.Sequential, trunk.blocks)
+
+
 def _train(model: Any, trunk: nn.Module, tokenizer_or_text_features: Any, image_tensor: torch.Tensor, prompt: str, *,
            layer: int, beta: float, steps: int, lr: float, batch: int, gen: torch.Generator, device: torch.device,
            dtype: torch.dtype) -> M2IBTrace:
@@ -207,7 +212,7 @@ def _train(model: Any, trunk: nn.Module, tokenizer_or_text_features: Any, image_
     image = _as_batch(image_tensor).to(device=device, dtype=dtype).clone()
     text = F.normalize(text_features(model, tokenizer_or_text_features, prompt).to(device).float().clone(), dim=-1)
     captured: list[torch.Tensor] = []
-    handle = trunk.blocks[layer].register_forward_hook(lambda _m, _i, out: captured.append(out.detach()))
+    handle = _blocks(trunk)[layer].register_forward_hook(lambda _m, _i, out: captured.append(out.detach()))
     try:
         with torch.no_grad():
             model.encode_image(image)
@@ -220,7 +225,7 @@ def _train(model: Any, trunk: nn.Module, tokenizer_or_text_features: Any, image_
         return torch.randn(shape, generator=gen, dtype=torch.float32).to(device)
 
     feed = _BottleneckFeed(features, alpha, batch, noise_fn)
-    tail = nn.Sequential(feed, *list(trunk.blocks)[layer + 1:])
+    tail = nn.Sequential(feed, *list(_blocks(trunk))[layer + 1:])
     optimizer = torch.optim.Adam([alpha], lr=lr)
     losses: list[float] = []
     capacity = torch.zeros_like(alpha)

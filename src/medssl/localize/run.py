@@ -227,6 +227,12 @@ def list_images(data: Sequence[Path], split: Path | None = None) -> list[Path]:
     Raises:
         MedsslInputError: a missing path, a folder without images, or a listed case without an image.
     """
+    from medssl.data.nnunet import nnunet_images, nnunet_root
+
+    raw = nnunet_root(data[0]) if len(data) == 1 else None
+    if raw is not None:
+        images = nnunet_images(raw)
+        return images if split is None else _listed(images, Path(split), raw)
     data = [Path(p) for p in data]
     for path in data:
         if not path.exists():
@@ -243,7 +249,12 @@ def list_images(data: Sequence[Path], split: Path | None = None) -> list[Path]:
         images = sorted(data)
     if split is None:
         return images
-    split_path = Path(split)
+    return _listed(images, Path(split), root)
+
+
+def _listed(images: list[Path], split: Path, root: Path | None) -> list[Path]:
+    """The ``images`` named by the case list ``split`` (a relative name is also looked up in ``root``)."""
+    split_path = split
     if not split_path.is_file() and not split_path.is_absolute() and root is not None:
         split_path = root / split_path
     if not split_path.is_file():

@@ -228,7 +228,7 @@ def load_open_clip(ref: str | Path, *, what: str = "BiomedCLIP", flag: str = "mo
                               hub_ids=tuple(dict.fromkeys(hub_ids)), flag=flag) from exc
     model.eval()
     if source.is_local:
-        revision = local_revision(source.local_dir)  # type: ignore[arg-type]
+        revision: str | None = local_revision(source.local_dir)  # type: ignore[arg-type]
     else:
         revision = hub_revision(str(source.hub_id), "open_clip_config.json", cache_dir)
     return LoadedClip(model=model, tokenizer=tokenizer, preprocess=preprocess, model_id=source.model_id,
@@ -273,7 +273,7 @@ def load_hf_model(ref: str | Path, model_cls: Any, processor_cls: Any, *, what: 
                               hub_ids=(source.hub_id or default_hub_id,), flag=flag) from exc
     model = model.to(resolve_device(device)).eval()
     if source.is_local:
-        revision = local_revision(source.local_dir)  # type: ignore[arg-type]
+        revision: str | None = local_revision(source.local_dir)  # type: ignore[arg-type]
     else:
         revision = hub_revision(str(source.hub_id), "config.json", cache_dir)
     return LoadedHfModel(model=model, processor=processor, model_id=source.model_id, revision=revision)

@@ -3,7 +3,7 @@ different upsampling, a supervised loss on both and a cross-branch consistency o
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -58,7 +58,7 @@ class DualBranchMethod(SemiMethod):
 
     def __init__(self, config: DualBranchConfig | None = None) -> None:
         super().__init__()
-        self.config = config or self.config_class()
+        self.config = config or cast(DualBranchConfig, self.config_class())
         self.net = make_dual_vnet(self.config.network)
 
     def ramp(self, iteration: int, max_weight: float) -> float:

@@ -4,7 +4,7 @@ student's consistency target."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import torch
 from pydantic import Field
@@ -56,7 +56,7 @@ class MeanTeacherMethod(SemiMethod):
 
     def __init__(self, config: MeanTeacherConfig | None = None) -> None:
         super().__init__()
-        self.config = config or self.config_class()
+        self.config = config or cast(MeanTeacherConfig, self.config_class())
         self.student = make_vnet(self.config.network)
         self.teacher = make_teacher(self.student)
 

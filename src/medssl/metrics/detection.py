@@ -99,7 +99,8 @@ def coco_ground_truth(ground_truth: Sequence[Mapping[str, Any]], category_ids: S
     Annotation areas are mask areas (pixels) when masks are given, box areas otherwise (as in COCO).
     """
     ids = list(image_ids) if image_ids is not None else list(range(1, len(ground_truth) + 1))
-    images, annotations = [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for image_id, gt in zip(ids, ground_truth, strict=True):
         h, w = _size(gt)
         images.append({"id": int(image_id), "height": h, "width": w})

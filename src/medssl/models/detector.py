@@ -8,7 +8,7 @@ replicated to 3 channels.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 from torch import nn
 
@@ -124,7 +124,7 @@ def build_detector(
     for name, param in body.named_parameters():
         if not any(name.startswith(prefix) for prefix in trained):
             param.requires_grad_(False)
-    stage_channels = [body.inplanes // 8 * 2**k for k in range(4)]  # C2..C5 widths (64.. or 256..)
+    stage_channels = [cast(int, body.inplanes) // 8 * 2**k for k in range(4)]  # C2..C5 widths (64.. or 256..)
     width = model.fpn_channels
     backbone = BackboneWithFPN(body, {f"layer{k + 1}": str(k) for k in range(4)}, stage_channels, width)
     anchors = AnchorGenerator(sizes=tuple((int(s),) for s in model.anchor_sizes),

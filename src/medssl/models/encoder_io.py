@@ -21,7 +21,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -148,7 +148,8 @@ def timm_first_conv_key(backbone: str) -> str:
 
     with torch.device("meta"):
         probe = timm.create_model(backbone, num_classes=0)
-    return f"{probe.pretrained_cfg.get('first_conv', 'conv1')}.weight"
+    config = cast(dict[str, Any], probe.pretrained_cfg)
+    return f"{config.get('first_conv', 'conv1')}.weight"
 
 
 def timm_in_chans(state: Mapping[str, Tensor], backbone: str, path: str | Path) -> int:

@@ -34,7 +34,7 @@ import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -265,8 +265,9 @@ class LightDecoder(nn.Module):
             raise ValueError(f"expected {len(self.blocks) + 1} injections with the first one given")
         x = injections[0]
         for i, block in enumerate(self.blocks):
-            if i > 0 and injections[i] is not None:
-                x = x + injections[i]
+            injection = injections[i]
+            if i > 0 and injection is not None:
+                x = x + injection
             x = block(x)
         last = injections[-1]
         if last is not None and len(self.blocks) > 0:
@@ -388,7 +389,7 @@ class SparK(nn.Module):
                 norms.append(nn.Identity())
             kernel = 1 if i == 0 else 3
             projs.append(_conv(dims)(chans, width, kernel_size=kernel, padding=kernel // 2))
-        self.densify_norms = convert_to_sparse(nn.ModuleList(norms), inplace=True)
+        self.densify_norms = cast(nn.ModuleList, convert_to_sparse(nn.ModuleList(norms), inplace=True))
         self.densify_projs = nn.ModuleList(projs)
         self.decoder = LightDecoder(dims, self.decoder_width, n_blocks, in_chans)
 

@@ -30,6 +30,7 @@ import copy
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -298,16 +299,16 @@ def encoder_strides(model: nn.Module) -> tuple[int, ...]:
     """Strides (voxels) of the hierarchical features, smallest first: (1, 2, 4, 8, 16) for the V-Net
     encoder, (4, 8, 16, 32) for timm ResNet / ConvNeXt. The last one is the mask patch size."""
     if _is_vnet_encoder(model):
-        return tuple(2**i for i in range(len(model.blocks)))
-    info = model.feature_info  # type: ignore[attr-defined]
+        return tuple(2**i for i in range(len(cast(nn.ModuleList, model.blocks))))
+    info = cast(Any, model.feature_info)  # timm's FeatureInfo
     return tuple(int(info[i]["reduction"]) for i in _timm_feature_indices(model))
 
 
 def encoder_channels(model: nn.Module) -> tuple[int, ...]:
     """Channels of the hierarchical features, smallest stride first."""
     if _is_vnet_encoder(model):
-        return tuple(model.widths)  # type: ignore[arg-type]
-    info = model.feature_info  # type: ignore[attr-defined]
+        return tuple(cast(Sequence[int], model.widths))
+    info = cast(Any, model.feature_info)  # timm's FeatureInfo
     return tuple(int(info[i]["num_chs"]) for i in _timm_feature_indices(model))
 
 

@@ -126,8 +126,8 @@ def assemble_report(runs: Sequence[str | Path], title: str | None = None, smooth
                 summary.notes.append(str(err))
         reports.append(report)
     if title is None:
-        names = ", ".join(s.name for s in summaries[:4]) + (", ..." if len(summaries) > 4 else "")
-        title = f"medssl report: {names}"
+        shown = ", ".join(s.name for s in summaries[:4]) + (", ..." if len(summaries) > 4 else "")
+        title = f"medssl report: {shown}"
     generated = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     comparison = comparison_tables(summaries) if len(summaries) > 1 else []
     return Report(title, generated, __version__, reports, comparison, smoothing)

@@ -138,7 +138,8 @@ def unit(v: Sequence[float] | np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 # shapes
 # ----------------------------------------------------------------------------------------------
-def ellipsoid_radius(coords: Sequence[np.ndarray], centre: Sequence[float], semi_axes: Sequence[float],
+def ellipsoid_radius(coords: Sequence[np.ndarray], centre: Sequence[float] | np.ndarray,
+                     semi_axes: Sequence[float] | np.ndarray,
                      rotation: np.ndarray | None = None) -> np.ndarray:
     """Normalised radius of an ellipsoid (ellipse in 2D): < 1 inside, 1 on the surface.
 
@@ -158,7 +159,7 @@ def ellipsoid_radius(coords: Sequence[np.ndarray], centre: Sequence[float], semi
     return np.sqrt(total)
 
 
-def ellipsoid_surface_distance(direction: Sequence[float], semi_axes: Sequence[float],
+def ellipsoid_surface_distance(direction: Sequence[float] | np.ndarray, semi_axes: Sequence[float] | np.ndarray,
                                rotation: np.ndarray | None = None) -> float:
     """Distance (mm) from an ellipsoid's centre to its surface along a direction."""
     u = unit(direction)

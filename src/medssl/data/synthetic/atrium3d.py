@@ -25,6 +25,7 @@ preprocessed benchmark data are.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -136,7 +137,7 @@ def generate_atrium3d_case(rng: np.random.Generator, shape: Shape = ATRIUM3D_SHA
         b_axes = axes * rng.uniform(0.45, 0.65, 3)
         body |= ellipsoid_radius(anat, off, b_axes, body_rot) < 1 + perturb
 
-    def surface(direction: np.ndarray) -> np.ndarray:
+    def surface(direction: Sequence[float] | np.ndarray) -> np.ndarray:
         d = unit(direction)
         return d * ellipsoid_surface_distance(d, axes, body_rot)
 

@@ -352,13 +352,13 @@ def generate_brain_case(rng: np.random.Generator, atlas: BrainAtlas, shape: Shap
     paint(structures, brain & (maps["wm"] >= maps["gm"]) & (maps["wm"] >= csf_like), sid["white matter"])
     paint(structures, brain & (maps["gm"] > maps["wm"]) & (maps["gm"] >= csf_like), sid["gray matter"])
     paint(structures, brain, sid["brain"])
-    structures = structures.reshape(shape)
-    label = (structures == sid["tumor"]).astype(np.uint8)
+    volume = structures.reshape(shape)
+    label = (volume == sid["tumor"]).astype(np.uint8)
     instances = [(les.kind, (tumour_owner == k).reshape(shape)) for k, les in enumerate(lesions)]
     meta = {"lesions": [{"kind": les.kind, "radius_mm": round(les.radius, 2),
                          "centre_mni_mm": [round(float(c), 1) for c in les.centre]} for les in lesions],
             "gamma": round(float(gamma), 3)}
-    return {"image": img.astype(np.float32), "label": label, "structures": structures, "class": cls,
+    return {"image": img.astype(np.float32), "label": label, "structures": volume, "class": cls,
             "instances": instances, "meta": meta}
 
 

@@ -184,9 +184,9 @@ def generate_chest2d_case(rng: np.random.Generator, cls: str, shape: Shape = CHE
     if cls == "pneumonia_like":
         for _ in range(int(rng.integers(1, 3))):
             lung = right_lung if rng.random() < 0.5 else left_lung
-            ys, xs = np.nonzero(lung)
-            k = int(rng.integers(ys.size))
-            c = (qx[ys[k], xs[k]], qy[ys[k], xs[k]])
+            iy, ix = np.nonzero(lung)
+            k = int(rng.integers(iy.size))
+            c = (qx[iy[k], ix[k]], qy[iy[k], ix[k]])
             axes = (rng.uniform(0.1, 0.22), rng.uniform(0.1, 0.25))
             rho = ellipsoid_radius([qx, qy], c, axes, random_rotation(rng, (90.0,)))
             blob = rho < 1 + 0.35 * low_frequency_field(rng, shape, 6)
@@ -198,13 +198,13 @@ def generate_chest2d_case(rng: np.random.Generator, cls: str, shape: Shape = CHE
         for _ in range(int(rng.integers(1, 4))):
             lung = right_lung if rng.random() < 0.5 else left_lung
             inner = ndimage.binary_erosion(lung, iterations=3)
-            ys, xs = np.nonzero(inner if inner.any() else lung)
-            k = int(rng.integers(ys.size))
+            iy, ix = np.nonzero(inner if inner.any() else lung)
+            k = int(rng.integers(iy.size))
             r_mm = rng.uniform(5, 14)
-            dist = np.hypot(rows - ys[k] * spacing[0] - rng.uniform(-0.5, 0.5) * spacing[0],
-                            cols - xs[k] * spacing[1] - rng.uniform(-0.5, 0.5) * spacing[1])
+            dist = np.hypot(rows - iy[k] * spacing[0] - rng.uniform(-0.5, 0.5) * spacing[0],
+                            cols - ix[k] * spacing[1] - rng.uniform(-0.5, 0.5) * spacing[1])
             nod = (dist < r_mm) & lung
-            nod[ys[k], xs[k]] = True
+            nod[iy[k], ix[k]] = True
             soft_opacity += ndimage.gaussian_filter(nod.astype(np.float32), 0.6) * np.float32(rng.uniform(0.45, 0.7))
             instances.append(("nodule", nod))
     # later instances own their overlap with earlier ones
