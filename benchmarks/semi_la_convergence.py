@@ -95,6 +95,22 @@ def converged_lengths(rows: list[dict[str, Any]]) -> dict[int, int | None]:
     return out
 
 
+def verdict_line(width: int, converged_from: int | None, rows: list[dict[str, Any]]) -> str:
+    """One line per width: the rule's answer, and why it is not yet decisive when it is not."""
+    if converged_from is None:
+        return f"- width {width}: fewer than two lengths measured."
+    longest = max(rows, key=lambda r: r["iterations"])
+    text = (f"- width {width}: within {TOLERANCE_DICE_POINTS:g} Dice point of the longest measured run "
+            f"({longest['iterations']} iterations, {len(longest['seeds'])} seed(s)) from {converged_from} iterations")
+    spreads = [float(r["dice"].split("±")[1]) for r in rows if "±" in str(r["dice"])]
+    caveats = []
+    if len(longest["seeds"]) < 2:
+        caveats.append("the longest run has a single seed")
+    if spreads and max(spreads) > TOLERANCE_DICE_POINTS:
+        caveats.append(f"the seed spread (std up to {max(spreads):.1f} points) exceeds the tolerance")
+    return text + (f" — provisional: {'; '.join(caveats)}." if caveats else ".")
+
+
 def _generic(description: str) -> str:
     """A point's protocol text with its width and iteration count replaced by W and N."""
     import re
@@ -136,9 +152,7 @@ def write_table(args: argparse.Namespace, command: str) -> Path:
              f"{r['eval_seconds']:.0f}"] for r in rows]
     header = ["width", "iterations", "seeds", "Dice %", "Jaccard %", "95HD (vox)", "ASD (vox)", "95HD (mm)",
               "ASD (mm)", "empty predictions", "s / iteration", "eval s"]
-    verdict = [f"- width {w}: " + (f"converged (within {TOLERANCE_DICE_POINTS:g} Dice point of the longest run) "
-                                   f"from {n} iterations" if n is not None else "fewer than two lengths measured")
-               for w, n in chosen.items()]
+    verdict = [verdict_line(w, n, [r for r in rows if r["width"] == w]) for w, n in chosen.items()]
     md = "\n".join([
         "# Convergence of supervised training on the real left atrium (8 labeled)", "",
         f"Regenerate: `{command}` (runs only what is missing; `--table-only` rebuilds this table).", "",
