@@ -17,8 +17,10 @@ body with a strict key and shape check; only ``fc.*`` may be absent. A 1-channel
 of shape (64, 1, 7, 7)) gets a 1-channel body and sees the grayscale images as they are; otherwise images
 are replicated to 3 channels. Without an encoder the body starts from random weights (scratch).
 
-Data: a COCO instances JSON whose ``file_name`` entries are relative to ``data.root`` (the embedded
-``brain2d`` / ``chest2d`` sets write ``<root>/annotations.json`` with ``train.list`` / ``test.list``).
+Data: a COCO instances JSON whose ``file_name`` entries are relative to ``data.root`` or to
+``<root>/images`` (the embedded ``brain2d`` / ``chest2d`` sets write ``<root>/annotations.json`` with
+``train.list`` / ``test.list``; the usual public layout is ``<root>/images/`` +
+``<root>/annotations/instances*.json``).
 Training images: ``data.train_split`` (default ``<root>/train.list`` when it exists, else every image of the
 JSON). Validation images: ``data.val_split`` (default: every image of ``data.val_annotations`` when given,
 else ``<root>/test.list`` when it exists, else none); for the embedded sets the validation images are
@@ -53,7 +55,7 @@ from pydantic import Field, field_validator, model_validator
 from torch import Tensor, nn
 
 from medssl.config import MedsslConfig, RuntimeConfig
-from medssl.data.layouts import CocoDataset, CocoSample, strip_suffix
+from medssl.data.layouts import CocoDataset, CocoSample, find_coco_annotations, strip_suffix
 from medssl.engine.loop import LoopResult, LoopSpec, PeriodicTask, train_iterations
 from medssl.errors import MedsslInputError
 from medssl.metrics.detection import DETECTION_KEYS, SIZE_KEYS, coco_detections, coco_metrics
@@ -97,8 +99,9 @@ _BlockCounts = {"resnet18": ("basic", (2, 2, 2, 2)), "resnet34": ("basic", (3, 4
 class DetectDataConfig(MedsslConfig):
     """Where the COCO data is and which images train and validate (see the module docstring)."""
 
-    root: Path = Field(description="Image root: COCO file_name entries are relative to it.")
-    annotations: Path | None = Field(None, description="COCO instances JSON (default <root>/annotations.json).")
+    root: Path = Field(description="Dataset root: COCO file_name entries are relative to it or to <root>/images.")
+    annotations: Path | None = Field(None, description="COCO instances JSON (default <root>/annotations.json, "
+                                     "else the one <root>/annotations/instances*.json).")
     train_split: str | None = Field(None, description="Training images: a list name (<root>/<name>.list), a "
                                     "list file, or 'all' (default: train.list if present, else all).")
     val_annotations: Path | None = Field(None, description="Separate COCO JSON of the validation images.")
@@ -279,7 +282,7 @@ def open_detect_data(cfg: DetectDataConfig) -> DetectData:
             split list or list entry, or no training image.
     """
     root = Path(cfg.root)
-    annotations = Path(cfg.annotations) if cfg.annotations is not None else root / "annotations.json"
+    annotations = Path(cfg.annotations) if cfg.annotations is not None else find_coco_annotations(root)
     train_ds = CocoDataset(root, annotations)
     chosen = _select(train_ds, root, cfg.train_split, "train", "train")
     if chosen is None or not chosen[0]:

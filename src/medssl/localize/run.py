@@ -5,6 +5,7 @@ Inputs (``LocalizeRunConfig.data``):
 * a dataset folder in the embedded layout: ``images/<case>.<ext>``, optional ``structures/<case>.<ext>``
   + ``structures.json``, ``labels/``, ``train.list`` / ``test.list``;
 * a plain folder of images (every visible file with an image ending; sub-folders are DICOM series);
+* an ImageFolder root ``<root>/[<split>/]<class>/<image>`` (every image of every split and class);
 * or explicit image files (several paths, each one image).
 
 Every image is read, localized with any registered backend (``create_localizer(backend, **params)``)
@@ -41,6 +42,7 @@ from pydantic import Field, field_validator, model_validator
 
 from medssl.config import MedsslConfig
 from medssl.data.io import FORMAT_SUFFIXES, read_image
+from medssl.data.layouts import imagefolder_files, is_imagefolder
 from medssl.errors import MedsslInputError
 from medssl.localize.cache import RoiCache
 from medssl.localize.structures import find_by_stem, image_stem
@@ -235,7 +237,8 @@ def list_images(data: Sequence[Path], split: Path | None = None) -> list[Path]:
     if len(data) == 1 and data[0].is_dir():
         root = data[0]
         folder = root / "images" if (root / "images").is_dir() else root
-        images = _folder_images(folder)
+        images = (sorted(p for classes in imagefolder_files(root).values() for ps in classes.values() for p in ps)
+                  if is_imagefolder(root) else _folder_images(folder))
         if not images:
             raise MedsslInputError(folder, "no images found (expected files ending in "
                                            f"{', '.join(s for v in FORMAT_SUFFIXES.values() for s in v)})")
