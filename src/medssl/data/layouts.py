@@ -449,7 +449,8 @@ class CocoDataset:
         """The raw annotation dicts of image ``i``."""
         return self._anns[self.images[i]["id"]]
 
-    def _mask(self, ann: dict, height: int, width: int) -> np.ndarray:
+    def instance_mask(self, ann: dict, height: int, width: int) -> np.ndarray:
+        """(H, W) uint8 {0, 1} mask of one annotation (polygons, compressed or uncompressed RLE)."""
         from pycocotools import mask as mask_utils
 
         seg = ann["segmentation"]
@@ -489,6 +490,6 @@ class CocoDataset:
         crowd = np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool)
         masks = None
         if anns and all(a.get("segmentation") for a in anns):
-            masks = np.stack([self._mask(a, height, width) for a in anns])
+            masks = np.stack([self.instance_mask(a, height, width) for a in anns])
         return CocoSample(image=image, boxes=boxes, category_ids=cats, masks=masks, iscrowd=crowd,
                           image_id=info["id"], file_name=str(info["file_name"]))

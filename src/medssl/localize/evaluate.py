@@ -36,6 +36,7 @@ import numpy as np
 from medssl.data.io import read_label
 from medssl.data.layouts import IGNORE_LABEL
 from medssl.errors import MedsslInputError
+from medssl.localize.base import roi_source_label
 from medssl.localize.cache import RoiCache
 from medssl.localize.run import find_by_stem
 from medssl.localize.structures import image_stem
@@ -79,7 +80,7 @@ class LocalizationEvaluation:
         """The localization table(s) as markdown."""
         lines: list[str] = []
         for g in self.groups:
-            lines.append(f"### {g['backend']}: \"{g['prompt']}\" ({g['images']} images, NSD tolerance "
+            lines.append(f"### {g.get('source', g['backend'])}: \"{g['prompt']}\" ({g['images']} images, NSD tolerance "
                          f"{self.tolerance:g})")
             lines.append("")
             if g["params"]:
@@ -166,6 +167,7 @@ def evaluate_localization(cache_dir: str | Path, labels_dir: str | Path, *, prom
         parts = entry["key_parts"]
         gid = _group_id(parts)
         group_info.setdefault(gid, {"group": gid, "backend": parts["backend"], "prompt": parts["prompt"],
+                                    "source": roi_source_label(entry.get("provenance") or parts),
                                     "params": parts.get("params") or {}, "images": 0})
         group_info[gid]["images"] += 1
         for product, (attr, _) in PRODUCTS.items():

@@ -42,7 +42,7 @@ from pydantic import Field, field_validator, model_validator
 
 from medssl.config import MedsslConfig
 from medssl.data.io import FORMAT_SUFFIXES, read_image
-from medssl.data.layouts import imagefolder_files, is_imagefolder
+from medssl.data.layouts import find_coco_annotations, imagefolder_files, is_imagefolder
 from medssl.errors import MedsslInputError
 from medssl.localize.cache import RoiCache
 from medssl.localize.structures import find_by_stem, image_stem
@@ -268,7 +268,8 @@ def backend_context(backend: str, image_path: Path) -> dict[str, Any] | None:
 
     ``structures``: ``{"structures": <root>/structures/<case>.<ext>, "structure_names":
     <root>/structures.json}`` for an image ``<root>/images/<case>.<ext>`` (names only when the table
-    exists); None when the layout has no map for the case (the backend then reports what is missing).
+    exists); else ``{"coco": <root>/annotations/instances*.json}`` for a COCO layout (the categories name
+    the structures); None when the layout has neither (the backend then reports what is missing).
     Other backends: None.
     """
     if backend != "structures":
@@ -276,7 +277,10 @@ def backend_context(backend: str, image_path: Path) -> dict[str, Any] | None:
     root = image_path.parent.parent
     found = find_by_stem(root / "structures", image_stem(image_path))
     if found is None:
-        return None
+        try:
+            return {"coco": find_coco_annotations(root)}
+        except MedsslInputError:
+            return None
     context: dict[str, Any] = {"structures": found}
     if (root / "structures.json").is_file():
         context["structure_names"] = root / "structures.json"
