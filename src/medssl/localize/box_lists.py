@@ -12,6 +12,7 @@ the box touches.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,7 +100,7 @@ class BoxSource:
                 ids = [by_name[c] for c in self.categories]
             return image_boxes(dataset, image, ids)
         try:
-            key = Path(image.source).resolve().relative_to(self.root.resolve()).as_posix()
+            key = Path(os.path.abspath(image.source)).relative_to(os.path.abspath(self.root)).as_posix()
         except ValueError:
             raise MedsslInputError(image.source, f"image is not under the box list's root {self.root}") from None
         table = _box_table(str(self.path), self.path.stat().st_mtime_ns)

@@ -14,6 +14,7 @@ every pixel it touches, clipped to the image.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -55,10 +56,10 @@ def coco_image_index(dataset: CocoDataset, image: ImageData) -> int:
     """
     if not image.source:
         raise MedsslInputError(dataset.annotation_json, "cannot match an in-memory image to a COCO entry")
-    source = Path(image.source).resolve()
+    source = Path(os.path.abspath(image.source))  # symbolic links are not followed
     names = [str(im["file_name"]).replace("\\", "/") for im in dataset.images]
     try:
-        relative = source.relative_to(dataset.image_root.resolve()).as_posix()
+        relative = source.relative_to(os.path.abspath(dataset.image_root)).as_posix()
     except ValueError:
         relative = None
     if relative is not None and relative in names:
