@@ -12,10 +12,10 @@ their channels):
    (the body wall, mediastinum and spine; small bright marks such as burnt-in letters fall below). The
    hull closes the body outline around the lungs even where a cropped slice cuts the body at the image
    border; the air outside the body stays outside it.
-4. Lung fields: the dark pixels with their holes filled (vessels and nodules inside the lungs) → the
-   connected components that lie more than half inside the body (the outside air does not; a lung
-   that the hull cuts at a tightly cropped border is kept whole) and cover at least ``min_fraction`` of
-   the image (the trachea and small air pockets fall below) → the ``max_components`` largest.
+4. Lung fields: the connected components of the dark pixels that lie more than half inside the body
+   (the outside air does not; a lung that the hull cuts at a tightly cropped border is kept whole) and
+   cover at least ``min_fraction`` of the image (the trachea and small air pockets fall below) → holes
+   filled (vessels and nodules inside the lungs) → the ``max_components`` largest.
 5. ROI: ``output="boxes"``: one box per lung field, scaled by ``expand_ratio`` about its centre (the
    usual guided-masking ROI); ``output="mask"``: the lung fields themselves.
 
@@ -80,11 +80,12 @@ def lung_fields(slice2d: np.ndarray, threshold: float | None = None, min_fractio
     values = normalise(slice2d)
     bright = kmeans_binarize(values) if threshold is None else values > threshold
     body = convex_hull_mask(_components_at_least(bright, min_fraction * values.size))
-    labels, n = label_components(ndimage.binary_fill_holes(~bright))
+    labels, n = label_components(~bright)
     inside = np.bincount(labels[body].ravel(), minlength=n + 1)
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
     keep = [i for i in range(1, n + 1) if 2 * inside[i] > sizes[i] and sizes[i] >= min_fraction * values.size]
-    return largest_components(np.isin(labels, keep), max_components), body
+    fields = ndimage.binary_fill_holes(np.isin(labels, keep))
+    return largest_components(fields, max_components), body
 
 
 def _components_at_least(mask: np.ndarray, size: float) -> np.ndarray:
