@@ -360,13 +360,13 @@ def inspect_path(path: str | Path, label: str | Path | None = None) -> Inspectio
         is_dataset = (path / "images").is_dir() or bool(la_cases) or is_imagefolder(path)
         if is_dataset and label is not None:
             raise MedsslInputError(label, "--label applies to a single image, not to a dataset folder")
+        if la_cases:
+            return _inspect_la(path, la_cases)
         layout = _public_layout(path)
         if layout is not None:
             return layout
         if (path / "images").is_dir():
             return _inspect_images_labels(path)
-        if la_cases:
-            return _inspect_la(path, la_cases)
         if not _holds_dicom(path):
             raise MedsslInputError(path, "neither a dataset folder (images/ + labels/, or <case>/"
                                          f"{LA_FILE}) nor a DICOM series folder")
