@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,6 @@ from medssl.cli import main
 from medssl.data.io import read_image, write_png
 from medssl.errors import MedsslInputError
 from medssl.localize import RoiCache, create_localizer
-from medssl.localize import structures as structures_module
 from medssl.localize.cache import image_content_hash
 from medssl.localize.ct_lungs import CtLungFieldsLocalizer
 from medssl.localize.shuffled import carry_roi, derangement, random_boxes
@@ -26,14 +24,6 @@ from shared_paths import SHARED
 
 DATA = SHARED / "data"
 LUNGS = "A chest X-ray highlighting both left and right lungs"
-
-
-@pytest.fixture(scope="module")
-def encoder() -> Iterator[SentenceEncoder]:
-    shared = SentenceEncoder()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(structures_module, "SentenceEncoder", lambda *a, **k: shared)
-        yield shared
 
 
 def _rle(mask: np.ndarray) -> dict:
@@ -104,7 +94,8 @@ def test_structures_on_real_cxr_structures_selects_both_lungs(encoder: SentenceE
     expected = np.zeros((info["height"], info["width"]), bool)
     for ann in coco["annotations"]:
         if ann["image_id"] == info["id"] and ann["category_id"] in (7, 12):
-            expected |= mask_utils.decode({**ann["segmentation"], "counts": ann["segmentation"]["counts"].encode()}) != 0
+            rle = {**ann["segmentation"], "counts": ann["segmentation"]["counts"].encode()}
+            expected |= mask_utils.decode(rle) != 0
     assert expected.sum() > 1000
     np.testing.assert_array_equal(result.coarse_mask, expected)
 
@@ -301,13 +292,6 @@ def test_shuffled_image_missing_from_the_source_is_an_error(tmp_path: Path) -> N
 
 
 # -- medssl localize run on small real samples ---------------------------------------------------
-
-
-def _link(files: list[Path], folder: Path) -> Path:
-    folder.mkdir(parents=True)
-    for f in files:
-        os.symlink(f, folder / f.name)
-    return folder
 
 
 def _run(argv: list[str]) -> int:
