@@ -311,6 +311,7 @@ def test_cli_real_samples_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtu
     entries = RoiCache(tmp_path / "ct").valid_entries()
     assert len(entries) == 3 and all(e["provenance"]["roi_source"] == "classical" for e in entries)
     assert all(0.2 < e["roi_fraction"] < 1.0 for e in entries)
+    assert json.loads((tmp_path / "ct" / "manifest.json").read_text())["backends"] == {"ct-lung-fields (classical)": 3}
 
     brains = [DATA / "brain_mri_cls/val/glioma" / n for n in sorted(os.listdir(DATA / "brain_mri_cls/val/glioma"))[:3]]
     argv = ["localize", "run", "--prompt", "A brain MRI highlighting the tumour", "--cache", str(tmp_path / "oracle"),
@@ -320,6 +321,7 @@ def test_cli_real_samples_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtu
     oracle = RoiCache(tmp_path / "oracle").valid_entries()
     assert len(oracle) == 3 and all(e["provenance"]["roi_source"] == "oracle ROI" and e["roi_voxels"] > 0
                                     for e in oracle)
+    assert json.loads((tmp_path / "oracle" / "manifest.json").read_text())["backends"] == {"files (oracle ROI)": 3}
 
     argv = ["localize", "run", "--prompt", "A brain MRI highlighting the tumour", "--cache", str(tmp_path / "shuf"),
             "--backend", "shuffled", "--param", f"source={tmp_path / 'oracle'}", "--param", "seed=2", "--quiet"]

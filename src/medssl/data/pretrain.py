@@ -63,7 +63,8 @@ class PretrainDataConfig(MedsslConfig):
     image; another name ``<folder>/<name>.list``; or the path of a list file (one case id per line).
     """
 
-    folder: Path = Field(description="Dataset folder (images/ layout) or a plain folder of images.")
+    folder: Path = Field(description="Dataset folder (images/ layout), a plain folder of images or an ImageFolder "
+                         "root (<root>/[<split>/]<class>/<image>; labels unused).")
     split: str | None = Field(None, description="None (train.list if present), 'all', a list name or file.")
     image_size: int = Field(224, ge=1, description="2D: images are resized to image_size x image_size pixels.")
     crop_size: tuple[int, ...] | None = Field(None, description="3D: random crop size in voxels "

@@ -58,6 +58,10 @@ SENTENCE_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 #: Longest run of prompt words compared with a structure name for the focus score.
 SPAN_WORDS = 4
 
+#: Version of the selection rule (part of ``params()``, so a changed rule is a cache miss): "focus+named"
+#: selects by focus margin and every structure named word for word (step 4 of the module docstring).
+SELECTION_RULE = "focus+named"
+
 _WORD = re.compile(r"[a-z0-9]+(?:['-][a-z0-9]+)*")
 _SIDES = ("left", "right")
 
@@ -391,7 +395,7 @@ class StructuresLocalizer:
     def params(self) -> dict[str, Any]:
         return {"threshold": self.threshold, "margin": self.margin, "top_k": self.top_k,
                 "expand_ratio": self.expand_ratio, "max_components": self.max_components,
-                "connectivity": self.connectivity, "span_words": SPAN_WORDS}
+                "connectivity": self.connectivity, "span_words": SPAN_WORDS, "selection": SELECTION_RULE}
 
     def localize(self, image: ImageData, prompt: str, context: dict[str, Any] | None = None) -> LocalizationResult:
         """ROI (H, W[, D]) bool of the structures that ``prompt`` names.
