@@ -182,15 +182,11 @@ def scaled_schedule(cfg: Any, iterations: int, final_decay: float = 0.0) -> list
     few hundred iterations at lr 0.01 the BatchNorm running statistics trail the fast-moving weights,
     and the eval-mode quality of the final checkpoint swings from iteration to iteration.
     """
-    from medssl.methods import METHODS
-
-    fields = METHODS[cfg.method].config_class.model_fields
     frac = iterations / cfg.max_iterations
     out = [f"max_iterations={iterations}"]
-    if "rampup_length" in fields:
-        mc = cfg.method_config
-        length = float(mc.get("rampup_length", fields["rampup_length"].default))
-        unit = int(mc.get("ramp_unit", fields["ramp_unit"].default))
+    mc = cfg.method_config
+    if "rampup_length" in type(mc).model_fields:
+        length, unit = float(mc.rampup_length), int(mc.ramp_unit)
         out += ["method_config.ramp_unit=1", f"method_config.rampup_length={max(1, round(length * unit * frac))}"]
     if cfg.optim.lr_step is not None:
         out.append(f"optim.lr_step={max(1, round(cfg.optim.lr_step * frac))}")
@@ -334,6 +330,9 @@ def config_id(cfg: Any, reduced_grid: bool = True) -> str:
 
     data = config_to_dict(cfg)
     data.pop("runtime", None)
+    method_config = getattr(cfg, "method_config", None)
+    if hasattr(method_config, "model_dump"):
+        data["method_config"] = _as_given(method_config.model_dump(mode="json", exclude_unset=True))
     if not reduced_grid and cfg.data.zoom != 1.0:
         data["scoring_grid"] = "source"
     section = data.get("data", {})
@@ -341,6 +340,20 @@ def config_id(cfg: Any, reduced_grid: bool = True) -> str:
         if section.get(key) is not None:
             section[key] = _portable(str(section[key]))
     return short_hash(without_later_defaults(data))
+
+
+def _as_given(section: Any) -> Any:
+    """A typed method-config section hashed as the plain dict it was before configs were typed.
+
+    Until ``method_config`` became the method's pydantic class it held only the keys a preset or
+    override gave, with YAML's types (``rampup_length: 60`` an int). Hashing only the set keys
+    (``exclude_unset``) and writing integral floats as ints keeps the ids of committed results.
+    """
+    if isinstance(section, dict):
+        return {k: _as_given(v) for k, v in section.items()}
+    if isinstance(section, float) and section.is_integer():
+        return int(section)
+    return section
 
 
 def _portable(text: str) -> str:

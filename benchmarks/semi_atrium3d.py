@@ -66,7 +66,7 @@ def protocol(data: Path, iterations: int, final_decay: float, quick: bool) -> di
     """What every run of this grid shares, with a one-paragraph description for the table."""
     cfg = C.load_preset(C.PRESETS / "atrium3d_corn.yaml")
     n_train, n_test = len(_list(data / "train.list")), len(_list(data / "test.list"))
-    width = cfg.method_config.get("network", {}).get("base_width", 16)
+    width = cfg.method_config.network.base_width
     patch, inf = "×".join(map(str, cfg.data.patch)), cfg.inference
     decay = (f" Constant-lr presets (supervised, dual_branch, caml, corn) run the last {final_decay:.0%} at lr × 0.1 "
              "(not in the published protocol: in runs this short the BatchNorm running statistics trail the "

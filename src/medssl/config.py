@@ -32,6 +32,7 @@ __all__ = [
     "RuntimeConfig",
     "config_to_dict",
     "load_config",
+    "load_run_config",
     "parse_override",
     "save_config",
 ]
@@ -211,6 +212,27 @@ def load_config(
     except ValidationError as err:
         default_source = str(config_file) if config_file is not None else (SET_SOURCE if overrides else None)
         raise _as_input_error(model_cls, err, origins, default_source) from None
+
+
+def load_run_config(run_dir: str | Path, model_cls: type[ModelT], required: Sequence[str], kind: str) -> ModelT:
+    """The resolved config saved as ``config.yaml`` in a run directory, validated by ``model_cls``.
+
+    Args:
+        required: top-level keys that mark a run of this kind (e.g. ``("method", "data")``).
+        kind: what the run is, for the error (e.g. ``"semi-supervised training run"``).
+
+    Raises:
+        MedsslInputError: not a run directory, no ``config.yaml``, or the config of another kind of run.
+    """
+    from medssl.runtime.rundir import RunDir
+
+    run = RunDir.open(run_dir)
+    if not run.config_yaml.is_file():
+        raise MedsslInputError(run.root, "run has no config.yaml")
+    data = yaml.safe_load(run.config_yaml.read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or any(key not in data for key in required):
+        raise MedsslInputError(run.config_yaml, f"not a {kind} (no {' / '.join(required)})")
+    return load_config(model_cls, base=data)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -157,7 +157,8 @@ def _localize(result: DemoResult, quiet: bool) -> None:
 
 def _pretrain(result: DemoResult, quiet: bool, epochs: int | None) -> None:
     from medssl.config import load_config
-    from medssl.engine.pretrain import PretrainConfig, export_encoder_checked, train_pretrain
+    from medssl.engine.pretrain import PretrainConfig, train_pretrain
+    from medssl.engine.pretrain_export import export_encoder_checked
 
     cfg = load_config(PretrainConfig, CONFIGS_DIR / "pretrain" / "atrium3d_vnet_guided.yaml",
                       base={"runtime": {"name": "mwm_atrium3d"}})

@@ -13,15 +13,10 @@ from typing import Any
 import numpy as np
 
 from medssl.runtime.atomic import atomic_path
+from medssl.tensors import to_numpy
 
 GT_COLOUR = "#00d4ff"  # cyan, solid line
 PRED_COLOUR = "#ff8c1a"  # orange, dashed line (the pair stays distinct for red-green colour blindness)
-
-
-def _to_numpy(x: Any) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x)
 
 
 def overlay_slices(gt: np.ndarray | None, pred: np.ndarray | None, depth: int, n_slices: int) -> list[int]:
@@ -66,7 +61,7 @@ def segmentation_overlay(
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
-    img = _to_numpy(image).astype(np.float32)
+    img = to_numpy(image).astype(np.float32)
     is_2d = img.ndim == 2
     if is_2d:
         img = img[..., None]
@@ -77,7 +72,7 @@ def segmentation_overlay(
         if m is None:
             masks.append(None)
             continue
-        arr = _to_numpy(m) > 0
+        arr = to_numpy(m) > 0
         if is_2d and arr.ndim == 2:
             arr = arr[..., None]
         if arr.shape != img.shape:

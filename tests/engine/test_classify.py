@@ -27,7 +27,8 @@ from medssl.engine.classify import ClassifyConfig
 from medssl.engine.classify_eval import classification_loss, soft_targets
 from medssl.engine.classify_optim import layer_decay_param_groups, lr_multiplier
 from medssl.errors import MedsslInputError
-from medssl.models.classifier import build_classifier, init_in_chans, read_encoder_state
+from medssl.models.classifier import build_classifier
+from medssl.models.encoder_io import read_encoder, timm_in_chans
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "finetune"
 
@@ -113,7 +114,8 @@ def test_public_names_stay_importable_from_engine_classify() -> None:
     homes = {"medssl.data.classify": ["ClassificationSplit", "ClassificationData", "ClassifyDataConfig", "ImageCache",
                                       "open_classification_data", "stratified_holdout", "load_image_cache"],
              "medssl.data.classify_batches": ["ClassifyAugmentConfig", "EpochBatches", "build_batch_fn"],
-             "medssl.models.classifier": ["ClassifyModelConfig", "InitReport", "build_classifier", "read_encoder_state"],
+             "medssl.models.classifier": ["InitReport", "build_classifier"],
+             "medssl.models.encoder_io": ["read_encoder", "check_timm_fit", "timm_in_chans"],
              "medssl.engine.classify_optim": ["ClassifyOptimConfig", "layer_decay_param_groups", "lr_multiplier",
                                               "resnet_layer_ids"],
              "medssl.engine.classify_eval": ["BEST_LABEL", "FINAL_LABEL", "soft_targets", "classification_loss"]}
@@ -121,7 +123,12 @@ def test_public_names_stay_importable_from_engine_classify() -> None:
         home = importlib.import_module(module)
         for name in names:
             assert getattr(facade, name) is getattr(home, name), name
-    assert all(hasattr(facade, name) for name in facade.__all__)
+    rehomed = {name for names in homes.values() for name in names}
+    module_of = {name: getattr(getattr(facade, name), "__module__", None) for name in facade.__all__}
+    own = {name for name, module in module_of.items() if module == facade.__name__}
+    elsewhere = {n for n, m in module_of.items() if m is not None} - rehomed - own  # functions / classes
+    assert all(module_of[n].startswith("medssl.") for n in elsewhere), elsewhere
+    assert {"train_classifier", "ClassifyConfig", "ClassifyModelConfig"} <= own
 
 
 # ----------------------------------------------------------------------------------- data splits
@@ -253,10 +260,11 @@ def test_init_loading_is_strict_except_the_head(tmp_path: Path) -> None:
     torch.save(encoder, plain)
     torch.save({"encoder": encoder, "epoch": 3}, wrapped)
     for path, layout in ((plain, "state_dict"), (wrapped, "encoder")):
-        state, got_layout = read_encoder_state(path)
-        assert got_layout == layout and state.keys() == encoder.keys()
-    state, _ = read_encoder_state(plain)
-    assert init_in_chans(state, "resnet18", plain) == 1
+        read = read_encoder(path)
+        assert read.layout == layout and read.state.keys() == encoder.keys()
+        assert all(torch.equal(read.state[k], v) for k, v in encoder.items())
+    state = read_encoder(plain).state
+    assert timm_in_chans(state, "resnet18", plain) == 1
     model, (loaded, head, ignored) = build_classifier("resnet18", 5, 1, init=state, init_path=plain)
     assert head == ["fc.bias", "fc.weight"] and ignored == [] and len(loaded) == len(encoder)
     for k, v in encoder.items():
@@ -272,10 +280,10 @@ def test_init_loading_is_strict_except_the_head(tmp_path: Path) -> None:
         build_classifier("resnet18", 5, 1, init={k: v for k, v in state.items() if k != "bn1.bias"}, meta=True)
     convnext = timm.create_model("convnext_atto", num_classes=0).state_dict()
     with pytest.raises(MedsslInputError, match="no first convolution 'conv1.weight'"):
-        init_in_chans(convnext, "resnet18", "cx.pt")
+        timm_in_chans(convnext, "resnet18", "cx.pt")
     torch.save({"weights": [1, 2]}, tmp_path / "odd.pt")
     with pytest.raises(MedsslInputError, match="not an encoder state dict"):
-        read_encoder_state(tmp_path / "odd.pt")
+        read_encoder(tmp_path / "odd.pt")
 
 
 # ------------------------------------------------------------------------------- losses, presets

@@ -215,9 +215,16 @@ def test_cli_random_2d_and_timm_export(data: dict[str, Path], tmp_path: Path,
     main(["pretrain", "export", str(tmp_path / "r"), "--format", "timm", "--out", str(out)])
     printed = capsys.readouterr().out
     assert "loaded strictly into timm.create_model('resnet18', num_classes=0, in_chans=1)" in printed
-    weights = torch.load(out, weights_only=True)
-    model = timm.create_model("resnet18", pretrained=False, num_classes=0, in_chans=1)
-    model.load_state_dict(weights, strict=True)
+    saved = torch.load(out, weights_only=True)
+    weights, meta = saved["state_dict"], saved["medssl_encoder"]  # self-describing: the record is inside
+    assert (meta["architecture"], meta["in_chans"], meta["dims"], meta["iteration"]) == ("resnet18", 1, 2, 2)
+    assert meta["source_run"] == str((tmp_path / "r").resolve())
+    assert meta["source_checkpoint"].endswith("final.pt") and meta["normalization"]["std"] > 0
+    manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    assert meta["commit"] == ({"commit": manifest["git_commit"], "dirty": manifest["git_dirty"]}
+                              if manifest["git_commit"] else None)
+    model = timm.create_model("resnet18", pretrained=False, num_classes=0, in_chans=1, checkpoint_path=str(out))
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in weights.items())  # timm reads the file as is
     final = load_checkpoint(tmp_path / "r" / "checkpoints" / "final.pt")["model"]
     assert torch.equal(weights["conv1.weight"], final["sparse_encoder.encoder.conv1.weight"])
     sidecar = json.loads((tmp_path / "enc.pt.json").read_text())
@@ -264,7 +271,10 @@ def test_cli_guided_3d_export_initialises_semi(data: dict[str, Path], tmp_path: 
     out = tmp_path / "vnet4.pt"
     main(["pretrain", "export", str(run), "--format", "vnet", "--out", str(out)])
     assert "loaded strictly into medssl.models.vnet.VNetEncoder(in_channels=1, base_width=4)" in capsys.readouterr().out
-    VNetEncoder(1, base_width=4).load_state_dict(torch.load(out, weights_only=True), strict=True)
+    saved = torch.load(out, weights_only=True)
+    VNetEncoder(1, base_width=4).load_state_dict(saved["state_dict"], strict=True)
+    assert (saved["medssl_encoder"]["architecture"], saved["medssl_encoder"]["in_chans"]) == ("vnet", 1)
+    assert saved["medssl_encoder"]["vnet_width"] == 4
     with pytest.raises(SystemExit) as stop:
         main(["pretrain", "export", str(run), "--format", "timm", "--out", str(tmp_path / "t.pt")])
     assert stop.value.code == 2 and "3D V-Net run" in capsys.readouterr().err

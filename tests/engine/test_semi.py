@@ -172,9 +172,10 @@ def test_init_encoder_loads_into_both_branches(atrium: Path, tmp_path: Path) -> 
     torch.save(encoder.state_dict(), path)
     cfg = _cfg(atrium, tmp_path, "init", max_iterations=1, evaluate_after=False, init_encoder=str(path))
     from medssl.engine import semi
+    from medssl.methods import create_method
 
-    method = semi.create_method(cfg.method, semi.resolve_method_settings(cfg).method_config)
-    report = semi._load_encoder_init(method, path)
+    method = create_method(cfg.method, semi.resolve_method_settings(cfg).method_config)
+    report = semi.load_encoder_init(method, path)
     assert report["modules"] == ["net.branch1.encoder", "net.branch2.encoder"]
     for branch in (method.net.branch1, method.net.branch2):
         assert torch.all(next(branch.encoder.parameters()) == 0.25)
@@ -182,7 +183,7 @@ def test_init_encoder_loads_into_both_branches(atrium: Path, tmp_path: Path) -> 
     wrong = VNet(1, 2, base_width=8).encoder
     torch.save(wrong.state_dict(), tmp_path / "wrong.pt")
     with pytest.raises(MedsslInputError, match="do not fit"):
-        semi._load_encoder_init(method, tmp_path / "wrong.pt")
+        semi.load_encoder_init(method, tmp_path / "wrong.pt")
 
 
 def test_evaluate_any_case_list_on_real_left_atrium(tmp_path: Path) -> None:

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from sklearn.cluster import KMeans
 
+from medssl.components import largest_components
 from medssl.localize.postprocess import (
     boxes_to_mask,
     component_boxes,
     expand_box,
     kmeans_binarize,
-    largest_components,
     threshold_binarize,
     union_box,
 )

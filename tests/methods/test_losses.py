@@ -128,3 +128,24 @@ def test_uamt_threshold_formula() -> None:
     assert math.isclose(uncertainty_threshold(3000, 6000), (0.75 + 0.25 * math.exp(-1.25)) * ln2)
     assert math.isclose(uncertainty_threshold(6000, 6000), ln2)
     assert math.isclose(uncertainty_threshold(9000, 6000), ln2)
+
+
+def test_dice_losses_match_monai_dice_loss() -> None:
+    """The Dice terms against MONAI's ``DiceLoss`` (foreground classes, sums over the whole batch)."""
+    from monai.losses import DiceLoss
+
+    g = torch.Generator().manual_seed(3)
+    for n_classes in (2, 3):
+        probs = torch.softmax(torch.randn(2, n_classes, 6, 5, 4, generator=g, dtype=torch.float64), dim=1)
+        label = torch.randint(0, n_classes, (2, 6, 5, 4), generator=g)
+        for eps, squared in ((1e-8, False), (1e-5, True)):
+            oracle = DiceLoss(include_background=False, to_onehot_y=True, batch=True, squared_pred=squared,
+                              smooth_nr=eps, smooth_dr=eps)(probs, label[:, None])
+            ours = foreground_dice_loss(probs, label, eps=eps, squared=squared)
+            assert torch.allclose(ours, oracle.to(ours.dtype), rtol=1e-6, atol=0), (n_classes, eps, squared)
+    # the supervised V-Net loss: 0.5 (CE + squared Dice with eps 1e-5)
+    logits = torch.randn(2, 2, 6, 5, 4, generator=g, dtype=torch.float64)
+    label = torch.randint(0, 2, (2, 6, 5, 4), generator=g)
+    dice = DiceLoss(include_background=False, to_onehot_y=True, softmax=True, batch=True, squared_pred=True,
+                    smooth_nr=1e-5, smooth_dr=1e-5)(logits, label[:, None])
+    assert torch.allclose(ce_dice_loss(logits, label)[0], 0.5 * (F.cross_entropy(logits, label) + dice))

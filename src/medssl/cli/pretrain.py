@@ -105,7 +105,7 @@ def export(
     checkpoint: str = typer.Option("final", "--checkpoint", help="final | latest | an iteration number"),
 ) -> None:
     """Export the pretrained encoder; checks it loads strictly into timm / the V-Net encoder."""
-    from medssl.engine.pretrain import export_encoder_checked
+    from medssl.engine.pretrain_export import export_encoder_checked
 
     done = export_encoder_checked(run_dir, format, out, checkpoint)  # type: ignore[arg-type]
     typer.echo(f"wrote {done.path} ({done.format}); {done.check}")

@@ -15,9 +15,36 @@ from medssl.cli import _training as opt
 
 app = typer.Typer(help="Semi-supervised 3D segmentation: train, evaluate, predict.", no_args_is_help=True)
 
+#: ``--method`` help before the registry is read (importing it imports torch, so it happens only when a
+#: ``semi`` sub-command runs; see :func:`_describe_methods`).
+METHOD_HELP = "Semi-supervised method registered in medssl.methods (list: medssl semi methods)."
+
+
+def method_help() -> str:
+    """The ``--method`` help generated from the registry (plugins included)."""
+    from medssl.methods import available_methods
+
+    return f"One of: {' | '.join(available_methods())} (details: medssl semi methods)."
+
+
+def _summary(cls: type) -> str:
+    """First sentence of a class docstring, whitespace collapsed."""
+    text = " ".join((cls.__doc__ or cls.__name__).split())
+    return text.split(". ")[0].rstrip(".")
+
+
+@app.callback()
+def _describe_methods(ctx: typer.Context) -> None:
+    """Semi-supervised 3D segmentation: train, evaluate, predict."""
+    train_cmd = getattr(ctx.command, "commands", {}).get("train")
+    if ctx.invoked_subcommand == "train" and train_cmd is not None:
+        for param in train_cmd.params:
+            if param.name == "method":
+                param.help = method_help()
+
 @app.command("train")
 def train(
-    method: str | None = typer.Option(None, "--method", help="supervised | mean_teacher | ua_mt | dual_branch | caml | corn"),
+    method: str | None = typer.Option(None, "--method", help=METHOD_HELP),
     data: str | None = typer.Option(None, "--data", help="Data spec: la:<root>, folder:<root> or a folder."),
     labeled: int | None = typer.Option(None, "--labeled", help="Number of labeled training volumes."),
     config: Path | None = typer.Option(None, "--config", help="YAML preset (a file or a name in configs/semi/)."),
@@ -119,8 +146,8 @@ def predict(
 
 @app.command("methods")
 def list_methods() -> None:
-    """List the available semi-supervised methods."""
-    from medssl.methods import METHODS
+    """List the registered semi-supervised methods (plugins from $MEDSSL_PLUGINS included)."""
+    from medssl.methods import available_methods
 
-    for name in sorted(METHODS):
-        typer.echo(name)
+    for name, cls in available_methods().items():
+        typer.echo(f"{name:<14} {cls.config_class.__name__:<18} {_summary(cls)}")

@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -40,12 +40,14 @@ from medssl.data.io import ImageData, read_image
 from medssl.data.layouts import IMAGE_SUFFIXES, imagefolder_files, is_imagefolder, strip_suffix
 from medssl.errors import MedsslInputError
 
+if TYPE_CHECKING:
+    from medssl.localize.cache import RoiCache
+
 __all__ = [
     "PretrainBatch",
     "PretrainBatches",
     "PretrainDataConfig",
     "PretrainDataset",
-    "RoiIndex",
     "list_pretrain_images",
     "open_pretrain_dataset",
 ]
@@ -189,64 +191,6 @@ def _channels_first(image: ImageData, in_chans: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------- ROI maps
-@dataclass
-class RoiIndex:
-    """The complete entries of a ROI cache, grouped by image content hash (sha256 of voxels + affine).
-
-    Args:
-        cache_dir: the ROI cache folder.
-        prompt, backend: keep only the entries made with this prompt / by this backend.
-    """
-
-    cache_dir: Path
-    prompt: str | None = None
-    backend: str | None = None
-    by_image: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        from medssl.localize.cache import RoiCache
-
-        self.cache_dir = Path(self.cache_dir)
-        if not self.cache_dir.is_dir():
-            raise MedsslInputError(self.cache_dir, "ROI cache folder not found (fill it with medssl localize run)")
-        self._cache = RoiCache(self.cache_dir)
-        for sidecar in self._cache.valid_entries():
-            parts = sidecar.get("key_parts", {})
-            if self.prompt is not None and parts.get("prompt") != self.prompt:
-                continue
-            if self.backend is not None and parts.get("backend") != self.backend:
-                continue
-            self.by_image.setdefault(str(parts.get("image_sha256")), []).append(sidecar)
-
-    def __len__(self) -> int:
-        return sum(len(v) for v in self.by_image.values())
-
-    def find(self, image: ImageData) -> np.ndarray | None:
-        """The ROI map (*S) bool of ``image``, or None when the cache has no entry for it.
-
-        Raises:
-            MedsslInputError: several entries with different ROI maps match (the message lists their
-                prompts and backends), or the ROI does not fit the image.
-        """
-        from medssl.localize.cache import image_content_hash
-
-        entries = self.by_image.get(image_content_hash(image), [])
-        if not entries:
-            return None
-        if len({e.get("roi_sha256") for e in entries}) > 1:
-            found = "; ".join(sorted({f"prompt {e['key_parts'].get('prompt')!r} / backend "
-                                      f"{e['key_parts'].get('backend')}" for e in entries}))
-            raise MedsslInputError(image.source, f"{len(entries)} different ROI maps in {self.cache_dir} match "
-                                   f"this image ({found}); choose one with data.roi_prompt / data.roi_backend "
-                                   "(--roi-prompt / --roi-backend)")
-        path = self._cache.entries_dir / str(entries[0].get("roi_file"))
-        roi = read_image(path).array != 0
-        if roi.shape != image.spatial_shape:
-            raise MedsslInputError(path, f"ROI map shape {roi.shape} does not match the image shape "
-                                   f"{image.spatial_shape} of {image.source}")
-        return roi
-
-
 # -------------------------------------------------------------------------------------- dataset
 def _resize(x: np.ndarray, size: Sequence[int], mode: str) -> np.ndarray:
     """(C, *S) -> (C, *size) with torch interpolation (``bilinear`` antialiased, or ``nearest-exact``)."""
@@ -454,6 +398,14 @@ class PretrainDataset:
         return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(roi, dtype=bool)
 
 
+def _open_roi_cache(folder: Path) -> RoiCache:
+    from medssl.localize.cache import RoiCache
+
+    if not folder.is_dir():
+        raise MedsslInputError(folder, "ROI cache folder not found (fill it with medssl localize run)")
+    return RoiCache(folder)
+
+
 def open_pretrain_dataset(cfg: PretrainDataConfig, *, dims: int, in_chans: int = 1,
                           seed: int = 0) -> tuple[PretrainDataset, dict[str, Any]]:
     """Open the images of ``cfg`` with their ROI maps.
@@ -467,7 +419,7 @@ def open_pretrain_dataset(cfg: PretrainDataConfig, *, dims: int, in_chans: int =
             not exist, an ambiguous ROI, or an image without ROI entry (unless ``allow_missing_roi``).
     """
     files = list_pretrain_images(cfg.folder, cfg.split)
-    index = RoiIndex(Path(cfg.roi_cache), cfg.roi_prompt, cfg.roi_backend) if cfg.roi_cache is not None else None
+    index = _open_roi_cache(Path(cfg.roi_cache)) if cfg.roi_cache is not None else None
     rois: list[np.ndarray | None] = []
     missing: list[str] = []
     preloaded: dict[int, np.ndarray] = {}
@@ -478,7 +430,9 @@ def open_pretrain_dataset(cfg: PretrainDataConfig, *, dims: int, in_chans: int =
         image = _read(path, dims)
         if cfg.cache_images:
             preloaded[i] = _channels_first(image, in_chans)
-        roi = index.find(image)
+        found = index.lookup(image, cfg.roi_prompt, cfg.roi_backend, same_map_ok=True,
+                             hint="choose one with data.roi_prompt / data.roi_backend (--roi-prompt / --roi-backend)")
+        roi = found.roi if found is not None else None
         if roi is None:
             if not cfg.allow_missing_roi:
                 filters = "".join(f", {k} {v!r}" for k, v in (("prompt", cfg.roi_prompt), ("backend", cfg.roi_backend))
@@ -495,7 +449,7 @@ def open_pretrain_dataset(cfg: PretrainDataConfig, *, dims: int, in_chans: int =
     report = {"images": len(files), "with_roi_entry": len(files) - len(missing) if index is not None else 0,
               "missing_roi": len(missing), "missing_roi_files": missing[:20],
               "empty_roi": sum(1 for r in rois if r is None or not r.any()),
-              "roi_entries": len(index) if index is not None else 0,
+              "roi_entries": len(index.valid_entries(cfg.roi_prompt, cfg.roi_backend)) if index is not None else 0,
               "mean": dataset.mean, "std": dataset.std, "stats_computed": dataset.stats_computed}
     return dataset, report
 

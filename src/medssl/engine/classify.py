@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import Tensor
 
 from medssl.config import MedsslConfig, RuntimeConfig
@@ -90,14 +90,8 @@ from medssl.engine.classify_optim import (
 from medssl.engine.loop import LoopResult, LoopSpec, PeriodicTask, train_iterations
 from medssl.errors import MedsslInputError
 from medssl.metrics.classification import CLASSIFICATION_METRIC_KEYS
-from medssl.models.classifier import (
-    ClassifyModelConfig,
-    InitReport,
-    build_classifier,
-    check_encoder_fits,
-    init_in_chans,
-    read_encoder_state,
-)
+from medssl.models.classifier import InitReport, build_classifier
+from medssl.models.encoder_io import check_timm_fit, read_encoder, timm_in_chans
 from medssl.runtime.rundir import PrepareMode
 from medssl.runtime.session import start_run
 
@@ -121,9 +115,8 @@ __all__ = [
     "build_classifier",
     "build_optimizer",
     "channel_stats",
-    "check_encoder_fits",
+    "check_timm_fit",
     "classification_loss",
-    "init_in_chans",
     "layer_decay_param_groups",
     "load_image_cache",
     "lr_multiplier",
@@ -131,7 +124,7 @@ __all__ = [
     "normalize",
     "open_classification_data",
     "predict_logits",
-    "read_encoder_state",
+    "read_encoder",
     "resize_square",
     "resnet_layer_ids",
     "results_markdown",
@@ -139,12 +132,34 @@ __all__ = [
     "scores_from_logits",
     "soft_targets",
     "stratified_holdout",
+    "timm_in_chans",
     "train_classifier",
     "write_predictions",
 ]
 
 
 # ================================================================================== configuration
+class ClassifyModelConfig(MedsslConfig):
+    """The timm backbone and its input."""
+
+    backbone: str = Field("resnet50", description="timm model name (e.g. resnet18, resnet50).")
+    in_chans: int | None = Field(None, ge=1, description="Input channels; None: the init file's first "
+                                 "convolution, else the images' own (see replicate3).")
+    replicate3: bool = Field(False, description="Without in_chans and init file: feed grayscale images as "
+                             "3 identical channels (the reference) instead of 1.")
+    image_size: int = Field(224, ge=16, description="Training and evaluation size in pixels (square).")
+    drop_path: float = Field(0.05, ge=0, lt=1, description="Stochastic depth rate.")
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, value: str) -> str:
+        import timm
+
+        if not timm.is_model(value):
+            raise ValueError(f"unknown timm model {value!r} (see timm.list_models())")
+        return value
+
+
 class ClassifyConfig(MedsslConfig):
     """Everything ``medssl finetune classify`` needs; presets live in ``configs/finetune/``."""
 
@@ -206,7 +221,7 @@ def _resolve_in_chans(cfg: ClassifyConfig, data: ClassificationData, init_chans:
 
 
 def train_classifier(cfg: ClassifyConfig, mode: PrepareMode = "new", *,
-                     command: Sequence[str] | None = None) -> ClassifyResult:
+                     command: Sequence[str] | None = None, data: ClassificationData | None = None) -> ClassifyResult:
     """Fine-tune ``cfg.model.backbone`` on ``cfg.data`` and write ``results.json`` / ``results.md``.
 
     Data, the init file and the batch size are checked before anything is written.
@@ -215,16 +230,19 @@ def train_classifier(cfg: ClassifyConfig, mode: PrepareMode = "new", *,
         cfg: the resolved configuration.
         mode: ``"new"``, ``"resume"`` (continue a killed run exactly) or ``"overwrite"``.
         command: the command line recorded in the manifest.
+        data: the opened splits as an object (default: :func:`open_classification_data` of ``cfg.data``).
     """
-    data = open_classification_data(cfg.data, cfg.runtime.seed)
+    data = data if data is not None else open_classification_data(cfg.data, cfg.runtime.seed)
     num_classes = len(data.classes)
     init_state, init_layout, init_chans = None, "", None
     if cfg.init is not None:
-        init_state, init_layout = read_encoder_state(cfg.init)
-        init_chans = init_in_chans(init_state, cfg.model.backbone, cfg.init)
+        init_file = read_encoder(cfg.init)
+        init_state, init_layout = init_file.state, init_file.layout
+        init_chans = timm_in_chans(init_state, cfg.model.backbone, cfg.init)
     in_chans = _resolve_in_chans(cfg, data, init_chans)
     if init_state is not None:  # shapes only: refuse a mismatching file before the run exists
-        build_classifier(cfg.model.backbone, num_classes, in_chans, init=init_state, init_path=cfg.init, meta=True)
+        build_classifier(cfg.model.backbone, num_classes, in_chans, init=init_state, init_path=cfg.init or "init",
+                         meta=True)
     EpochBatches(len(data.train), cfg.data.batch_size, cfg.runtime.seed)  # batch vs training set size
     size = cfg.model.image_size
     train_cache = load_image_cache(data.train, in_chans, size)

@@ -22,12 +22,13 @@ from typing import Any
 
 import numpy as np
 
+from medssl.components import largest_components
 from medssl.data.io import ImageData, affine_from_spacing, write_nifti
 from medssl.engine.inference import probs_to_mask
-from medssl.engine.postprocess import largest_connected_component
 from medssl.errors import MedsslInputError
 from medssl.metrics import EMPTY_POLICIES, EmptyPolicy, segmentation_metrics
 from medssl.runtime.atomic import write_json_atomic, write_text_atomic
+from medssl.tensors import to_numpy
 
 PredictFn = Callable[[np.ndarray], Any]
 
@@ -143,13 +144,7 @@ def prediction_to_labels(prediction: Any, shape: tuple[int, ...], source: str = 
     shape with an integer or bool dtype (kept); a floating map of the image shape (→ foreground
     probability > 0.5).
     """
-    if hasattr(prediction, "detach"):
-        prediction = (
-            prediction.detach().float().cpu().numpy()
-            if prediction.is_floating_point()
-            else prediction.detach().cpu().numpy()
-        )
-    arr = np.asarray(prediction)
+    arr = to_numpy(prediction)
     if arr.ndim == len(shape) + 1 and tuple(arr.shape[1:]) == tuple(shape):
         return probs_to_mask(arr)
     if tuple(arr.shape) == tuple(shape):
@@ -285,7 +280,7 @@ def evaluate_cases(
             seen.add(case.case_id)
             labels = prediction_to_labels(predict_fn(case.image), tuple(case.image.shape), case.case_id)
             if largest_component:
-                labels = np.where(largest_connected_component(labels > 0), labels, 0).astype(np.uint8)
+                labels = np.where(largest_components(labels > 0), labels, 0).astype(np.uint8)
             row: dict[str, Any] = {"case_id": case.case_id}
             if case.label is not None:
                 spacing = case.spacing if spacing_in_mm else None

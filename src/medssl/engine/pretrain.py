@@ -3,7 +3,8 @@
 The Python API behind ``medssl pretrain``::
 
     from medssl.config import load_config
-    from medssl.engine.pretrain import PretrainConfig, train_pretrain, export_encoder
+    from medssl.engine.pretrain import PretrainConfig, train_pretrain
+    from medssl.engine.pretrain_export import export_encoder
 
     cfg = load_config(PretrainConfig, "configs/pretrain/brain2d_resnet18_guided.yaml",
                       base={"runtime": {"name": "mwm"}, "data": {"folder": "data/brain2d",
@@ -36,11 +37,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
-import yaml
 from pydantic import Field, field_validator
 from torch import Tensor
 
-from medssl.config import MedsslConfig, RuntimeConfig, load_config
+from medssl.config import MedsslConfig, RuntimeConfig
 from medssl.data.pretrain import (
     PretrainBatch,
     PretrainBatches,
@@ -49,6 +49,7 @@ from medssl.data.pretrain import (
     open_pretrain_dataset,
 )
 from medssl.engine.loop import LoopResult, LoopSpec, PeriodicTask, train_iterations
+from medssl.engine.pretrain_logs import EpochMeans
 from medssl.engine.schedules import (
     apply_weight_decay,
     build_lamb,
@@ -68,18 +69,15 @@ from medssl.masking import (
     random_mask,
     roi_patch_labels,
 )
-from medssl.runtime.atomic import atomic_path, write_json_atomic
-from medssl.runtime.checkpoint import CheckpointManager, load_checkpoint, save_checkpoint
-from medssl.runtime.rundir import PrepareMode, RunDir
+from medssl.runtime.atomic import write_json_atomic
+from medssl.runtime.rundir import PrepareMode
 from medssl.runtime.session import start_run
 
 if TYPE_CHECKING:
-    from lightning.fabric import Fabric
 
-    from medssl.models.spark import SparK
+    pass
 
 __all__ = [
-    "EncoderExport",
     "MaskingConfig",
     "PretrainConfig",
     "PretrainModelConfig",
@@ -87,10 +85,7 @@ __all__ = [
     "PretrainResult",
     "draw_mask",
     "expected_mask_ratios",
-    "export_encoder",
-    "export_encoder_checked",
     "mask_generator",
-    "read_pretrain_config",
     "train_pretrain",
 ]
 
@@ -144,7 +139,7 @@ class MaskingConfig(MedsslConfig):
 
 
 class PretrainOptimConfig(MedsslConfig):
-    """LAMB with warm-up + cosine learning rate and cosine weight decay (spec/mwm.md section 4).
+    """LAMB with warm-up + cosine learning rate and cosine weight decay (the SparK recipe, Tian et al., ICLR 2023, arXiv:2301.03580, used by Mask What Matters, arXiv:2509.23054; LAMB: You et al., ICLR 2020).
 
     ``batch_size`` counts the images of one step over all processes; the peak learning rate is
     ``base_lr * batch_size / 256``.
@@ -264,125 +259,6 @@ def _check_masking(cfg: PretrainConfig, grid: Sequence[int]) -> None:
         raise MedsslInputError("masking.ratio", f"ratio {cfg.masking.ratio} masks no patch of the {n}-patch grid")
 
 
-# ----------------------------------------------------------------------------------- epoch means
-class EpochMeans:
-    """Running sums of the step logs of the current epoch (checkpointed, so a resumed epoch's means are
-    those of an uninterrupted run). The loss sum stays on its device to avoid a sync per step."""
-
-    KEYS = ("mask_ratio", "mask_ratio_roi", "mask_ratio_bg", "roi_patch_fraction")
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.loss_sum: Tensor | float = 0.0
-        self.steps = 0
-        self.sums = dict.fromkeys(self.KEYS, 0.0)
-        self.counts = dict.fromkeys(self.KEYS, 0)
-
-    def add(self, loss: Tensor, logs: dict[str, float]) -> None:
-        self.loss_sum = self.loss_sum + loss.detach().double()
-        self.steps += 1
-        for key in self.KEYS:
-            value = float(logs[key])
-            if math.isfinite(value):
-                self.sums[key] += value
-                self.counts[key] += 1
-
-    def means(self, fabric: Fabric) -> dict[str, float]:
-        """Means over the epoch's steps (and processes); NaN for a value never defined."""
-        loss = self.loss_sum.item() if isinstance(self.loss_sum, Tensor) else float(self.loss_sum)
-        values = [loss, float(self.steps)] + [self.sums[k] for k in self.KEYS] + \
-            [float(self.counts[k]) for k in self.KEYS]
-        if fabric.world_size > 1:
-            reduced = fabric.all_reduce(torch.tensor(values, dtype=torch.float64, device=fabric.device),
-                                        reduce_op="sum")
-            values = [float(v) for v in reduced.tolist()]
-        k = len(self.KEYS)
-        out = {"loss": values[0] / max(values[1], 1.0)}
-        for key, total, count in zip(self.KEYS, values[2:2 + k], values[2 + k:], strict=True):
-            out[key] = total / count if count else math.nan
-        return out
-
-    def state_dict(self) -> dict[str, Any]:
-        loss = self.loss_sum.item() if isinstance(self.loss_sum, Tensor) else float(self.loss_sum)
-        return {"loss_sum": loss, "steps": self.steps, "sums": dict(self.sums), "counts": dict(self.counts)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.loss_sum = float(state["loss_sum"])
-        self.steps = int(state["steps"])
-        self.sums = {k: float(state["sums"][k]) for k in self.KEYS}
-        self.counts = {k: int(state["counts"][k]) for k in self.KEYS}
-
-
-# -------------------------------------------------------------------------------------- previews
-def _display(x: np.ndarray, dims: int) -> np.ndarray:
-    """(C, *S) -> a 2D array to show: channel mean; 3D: the middle slice along the last axis."""
-    img = x.mean(axis=0)
-    return img[..., img.shape[-1] // 2] if dims == 3 else img
-
-
-def write_preview(spark: SparK, dataset: PretrainDataset, masking: MaskingConfig, path: Path, *, seed: int,
-                  n_images: int, device: torch.device, title: str) -> Path:
-    """PNG of the first ``n_images`` images (untransformed views): input (ROI outlined), visible patches,
-    and the reconstruction (masked patches from the model, visible ones from the input). 3D: middle slice
-    along the last axis. The mask is drawn from a fixed seed, so previews of different epochs compare."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    from medssl.masking import upsample_mask
-
-    n = min(n_images, len(dataset))
-    views = [dataset.base(i) for i in range(n)]
-    image = torch.from_numpy(np.stack([v[0] for v in views]))
-    roi = torch.from_numpy(np.stack([v[1] for v in views]))
-    labels = roi_patch_labels(roi, spark.patch_size, masking.rule)
-    visible = draw_mask(masking, labels, mask_generator(seed, 0, 0, _PREVIEW_STREAM))
-    was_training = spark.training
-    spark.eval()
-    try:
-        with torch.no_grad():
-            out = spark(image.to(device, dtype=next(spark.parameters()).dtype), visible.to(device))
-    finally:
-        spark.train(was_training)
-    keep = upsample_mask(visible, image.shape[2:]).float()
-    recon = out.reconstruction.float().cpu() * (1 - keep) + image * keep
-    scale = np.float32(dataset.std)
-    shift = np.float32(dataset.mean)
-    fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.6 * n), squeeze=False)
-    for row in range(n):
-        panels = [image[row].numpy(), out.masked_input[row].float().cpu().numpy(), recon[row].numpy()]
-        shown = [_display(p * scale + shift, dataset.dims) for p in panels]
-        lo, hi = np.percentile(shown[0], [1, 99])
-        hi = hi if hi > lo else lo + 1
-        masked = ~_display(keep[row].numpy(), dataset.dims).astype(bool)
-        for col, (ax, arr) in enumerate(zip(axes[row], shown, strict=True)):
-            ax.imshow(arr, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
-            if col == 1:
-                ax.imshow(np.ma.masked_where(~masked, masked), cmap="autumn", alpha=0.35, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-        roi_slice = _display(roi[row].numpy()[None].astype(np.float32), dataset.dims)
-        if roi_slice.any():
-            axes[row][0].contour(roi_slice, levels=[0.5], colors="lime", linewidths=0.8)
-        ratio = 1.0 - float(visible[row].float().mean())
-        axes[row][0].set_ylabel(dataset.files[row].name, fontsize=7)
-        if row == 0:
-            where = "; middle slice" if dataset.dims == 3 else ""
-            axes[row][0].set_title(f"input (ROI outlined{where})", fontsize=8)
-            axes[row][1].set_title("visible patches", fontsize=8)
-            axes[row][2].set_title("reconstruction", fontsize=8)
-        axes[row][1].set_xlabel(f"{ratio:.0%} of the patches masked", fontsize=7)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return path
-
-
 # -------------------------------------------------------------------------------------- training
 def train_pretrain(cfg: PretrainConfig, mode: PrepareMode = "new", *,
                    command: Sequence[str] | None = None) -> PretrainResult:
@@ -468,6 +344,8 @@ def train_pretrain(cfg: PretrainConfig, mode: PrepareMode = "new", *,
     figures: list[str] = []
 
     def preview(done: int, name: str | None = None) -> None:
+        from medssl.engine.pretrain_preview import write_preview
+
         if rank != 0 or cfg.preview_images == 0:
             return
         epoch = done // per_epoch
@@ -499,104 +377,13 @@ def train_pretrain(cfg: PretrainConfig, mode: PrepareMode = "new", *,
     return PretrainResult(run_dir=run.root, loop=loop, summary=summary, global_rank=rank)
 
 
-# ---------------------------------------------------------------------------------------- export
-def read_pretrain_config(run_dir: str | Path) -> PretrainConfig:
-    """The resolved :class:`PretrainConfig` saved in a pretraining run directory."""
-    run = RunDir.open(run_dir)
-    if not run.config_yaml.is_file():
-        raise MedsslInputError(run.root, "run has no config.yaml")
-    data = yaml.safe_load(run.config_yaml.read_text(encoding="utf-8"))
-    if not isinstance(data, dict) or "masking" not in data or "model" not in data:
-        raise MedsslInputError(run.config_yaml, "not a pretraining run (no model / masking settings)")
-    return load_config(PretrainConfig, base=data)
+_EXPORT_NAMES = ("EncoderExport", "export_encoder", "export_encoder_checked", "read_pretrain_config")
 
 
-@dataclass
-class EncoderExport:
-    """An exported encoder: the weights file, its JSON sidecar and the strict-load check that passed."""
+def __getattr__(name: str) -> Any:
+    """The export API moved to :mod:`medssl.engine.pretrain_export`; still reachable from here."""
+    if name in _EXPORT_NAMES:
+        from medssl.engine import pretrain_export
 
-    path: Path
-    sidecar: Path
-    format: str
-    target: str
-    tensors: int
-    parameters: int
-    check: str
-
-
-def export_encoder_checked(run_dir: str | Path, format: Literal["timm", "vnet"], out: str | Path,
-                           checkpoint: str = "final") -> EncoderExport:
-    """Write the run's encoder weights as a plain state dict and check they load strictly.
-
-    ``timm`` (2D runs): key names of ``timm.create_model(backbone, num_classes=0, in_chans=...)``;
-    ``vnet`` (3D runs): key names of :class:`medssl.models.vnet.VNetEncoder` (what
-    ``medssl semi train --init-encoder`` loads). A JSON sidecar ``<out>.json`` records the run, checkpoint,
-    backbone, input mode and intensity normalisation.
-
-    Raises:
-        MedsslInputError: wrong format for the run, missing checkpoint, or weights that do not load.
-    """
-    from medssl.models.spark import build_spark, dense_encoder
-
-    if format not in ("timm", "vnet"):
-        raise MedsslInputError("--format", f"expected timm or vnet, got {format!r}")
-    cfg = read_pretrain_config(run_dir)
-    m = cfg.model
-    if format == "timm" and m.dims != 2:
-        raise MedsslInputError(run_dir, "is a 3D V-Net run: export it with --format vnet")
-    if format == "vnet" and m.dims != 3:
-        raise MedsslInputError(run_dir, f"is a 2D {m.backbone} run: export it with --format timm")
-    manager = CheckpointManager(RunDir(Path(run_dir)).checkpoints)
-    which: int | str = int(checkpoint) if str(checkpoint).isdigit() else checkpoint
-    path = manager.path_for(which)
-    if not path.is_file():
-        raise MedsslInputError(path, f"checkpoint {checkpoint!r} not found in the run")
-    state = load_checkpoint(path)
-    spark = build_spark(m.backbone, dims=m.dims, in_chans=m.in_chans, input_mode=m.input_mode,
-                        decoder_width=m.decoder_width, drop_path=m.drop_path, vnet_width=m.vnet_width)
-    try:
-        spark.load_state_dict(state["model"])
-    except (KeyError, RuntimeError) as err:
-        raise MedsslInputError(path, f"checkpoint does not fit the run's SparK model: "
-                               f"{str(err).splitlines()[0]}") from None
-    weights = spark.encoder_state_dict()
-    dense = dense_encoder(m.backbone, dims=m.dims, in_chans=m.in_chans, input_mode=m.input_mode,
-                          drop_path=m.drop_path, vnet_width=m.vnet_width)
-    dense.load_state_dict(weights, strict=True)  # our own export must fit: a failure here is a bug
-    encoder_chans = 3 if m.input_mode == "replicate3" else m.in_chans
-    if format == "timm":
-        target = f"timm.create_model({m.backbone!r}, num_classes=0, in_chans={encoder_chans})"
-    else:
-        target = f"medssl.models.vnet.VNetEncoder(in_channels={encoder_chans}, base_width={m.vnet_width})"
-    n_params = sum(p.numel() for p in dense.parameters())
-    check = f"loaded strictly into {target}: {len(weights)} tensors, {n_params:,} parameters"
-    out = Path(out)
-    save_checkpoint(out, weights)
-    sidecar = out.with_name(out.name + ".json")
-    write_json_atomic(sidecar, {
-        "format": format, "target": target, "run": str(Path(run_dir).resolve()), "checkpoint": str(path),
-        "iteration": state.get("iteration"), "backbone": m.backbone, "dims": m.dims, "in_chans": m.in_chans,
-        "input_mode": m.input_mode, "vnet_width": m.vnet_width if m.dims == 3 else None,
-        "masking": cfg.masking.model_dump(), "normalization": _run_normalization(Path(run_dir)),
-        "tensors": len(weights), "parameters": n_params, "check": check,
-    })
-    return EncoderExport(path=out, sidecar=sidecar, format=format, target=target, tensors=len(weights),
-                         parameters=n_params, check=check)
-
-
-def export_encoder(run_dir: str | Path, format: Literal["timm", "vnet"], out: str | Path,
-                   checkpoint: str = "final") -> Path:
-    """Export the run's encoder (see :func:`export_encoder_checked`); returns the weights file."""
-    return export_encoder_checked(run_dir, format, out, checkpoint).path
-
-
-def _run_normalization(run_dir: Path) -> dict[str, Any] | None:
-    import json
-
-    try:
-        manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
-        data = manifest["extra"]["pretrain"]["data"]
-        return {"mean": data["mean"], "std": data["std"]}
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
+        return getattr(pretrain_export, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

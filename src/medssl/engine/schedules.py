@@ -4,7 +4,7 @@ The one warm-up + cosine learning-rate schedule of medssl: masked pretraining
 (:mod:`medssl.engine.pretrain`) and classification fine-tuning (:mod:`medssl.engine.classify_optim`)
 both use :func:`lr_factor`, and both build timm's LAMB through :func:`build_lamb`.
 
-The pretraining recipe of the SparK / Mask What Matters reference (spec/mwm.md section 4), per iteration
+The pretraining recipe of SparK (Tian et al., ICLR 2023, arXiv:2301.03580) as used by Mask What Matters (arXiv:2509.23054), per iteration
 ``i`` of ``T`` with ``W`` warm-up iterations:
 
 * learning rate: linear warm-up ``peak * (s + (1 - s) * i / W)`` for ``i < W`` (``s`` =

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any
 
+from medssl.components import largest_components
 from medssl.errors import MedsslInputError
 from medssl.localize.base import LocalizationResult, Localizer, make_provenance
 from medssl.localize.cache import (
@@ -42,7 +43,6 @@ from medssl.localize.postprocess import (
     component_boxes,
     expand_box,
     kmeans_binarize,
-    largest_components,
     threshold_binarize,
     union_box,
 )

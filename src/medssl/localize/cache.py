@@ -39,6 +39,7 @@ from medssl.data.io import ImageData, read_image, write_nifti, write_png
 from medssl.errors import MedsslInputError
 from medssl.localize.base import LocalizationResult, Localizer, roi_source_label
 from medssl.runtime.atomic import atomic_path, write_json_atomic
+from medssl.tensors import to_numpy
 
 #: Version of the cache layout and key recipe; bumping it invalidates every existing entry.
 #: "2": the key holds a digest of the localization context; entries may carry intermediates.
@@ -101,7 +102,7 @@ def _digest_value(value: Any) -> Any:
     if isinstance(value, ImageData):
         return {"image_sha256": image_content_hash(value)}
     if hasattr(value, "detach"):  # a tensor
-        value = value.detach().cpu().numpy()
+        value = to_numpy(value)
     if isinstance(value, np.ndarray):
         return {"array_sha256": array_content_hash(value)}
     if isinstance(value, os.PathLike) or (isinstance(value, str) and _names_a_file(value)):
@@ -272,7 +273,8 @@ class RoiCache:
             self._index, self._index_stamp = index, stamp
         return self._index
 
-    def lookup(self, image: ImageData, prompt: str | None = None, backend: str | None = None) -> LocalizationResult | None:
+    def lookup(self, image: ImageData, prompt: str | None = None, backend: str | None = None, *,
+               same_map_ok: bool = False, hint: str = "choose one with prompt= / backend=") -> LocalizationResult | None:
         """The cached ROI of ``image`` found by its content hash alone (optionally filtered).
 
         Pretraining uses this to find each image's ROI without rebuilding the localizer.
@@ -281,6 +283,9 @@ class RoiCache:
             image: the image (its voxels, dtype, shape and affine identify it).
             prompt: only entries made with this prompt.
             backend: only entries made by this backend.
+            same_map_ok: several matching entries whose ROI maps are identical are no ambiguity (the
+                first, in key order, is returned).
+            hint: how the caller chooses between entries, appended to the ambiguity error.
 
         Returns:
             The one matching complete entry, or None (a miss).
@@ -290,18 +295,16 @@ class RoiCache:
         """
         names = self._image_index().get(image_content_hash(image), [])
         found: list[tuple[dict[str, Any], LocalizationResult]] = []
+        maps: set[Any] = set()
         for name in names:
             sidecar = self._read_sidecar(self.entries_dir / name)
-            if sidecar is None:
-                continue
-            parts = sidecar.get("key_parts", {})
-            if (prompt is not None and parts.get("prompt") != prompt) or \
-                    (backend is not None and parts.get("backend") != backend):
+            if sidecar is None or not _matches(sidecar, prompt, backend):
                 continue
             result = self._load(name[: -len(".json")], sidecar, image.spatial_shape)
             if result is not None:
-                found.append((parts, result))
-        if len(found) > 1:
+                found.append((sidecar.get("key_parts", {}), result))
+                maps.add(sidecar.get("roi_sha256"))
+        if len(found) > 1 and not (same_map_ok and len(maps) == 1):
             seen: dict[str, int] = {}
             for parts, _ in found:
                 label = f"prompt '{parts.get('prompt')}' with backend '{parts.get('backend')}'"
@@ -309,7 +312,7 @@ class RoiCache:
             listed = "; ".join(f"{label}{f' (x{n}: other parameters or context)' if n > 1 else ''}"
                                for label, n in sorted(seen.items()))
             raise MedsslInputError(image.source or "image", f"{len(found)} cached ROI maps match this image in "
-                                   f"{self.root} ({listed}); choose one with prompt= / backend=")
+                                   f"{self.root} ({listed}); {hint}")
         result = found[0][1] if found else None
         self._count(result)
         return result
@@ -387,8 +390,9 @@ class RoiCache:
 
     # -- coverage ---------------------------------------------------------------------------------
 
-    def valid_entries(self) -> list[dict[str, Any]]:
-        """Sidecars of the complete entries (ROI present and matching), sorted by key."""
+    def valid_entries(self, prompt: str | None = None, backend: str | None = None) -> list[dict[str, Any]]:
+        """Sidecars of the complete entries (ROI present and matching), sorted by key; optionally only those
+        made with ``prompt`` / by ``backend``."""
         if not self.entries_dir.is_dir():
             return []
         out = []
@@ -396,7 +400,8 @@ class RoiCache:
             if path.name.startswith("."):  # a temporary file of a write in progress
                 continue
             sidecar = self._read_sidecar(path)
-            if sidecar is not None and self._load(path.name[: -len(".json")], sidecar, None) is not None:
+            if sidecar is not None and _matches(sidecar, prompt, backend) and \
+                    self._load(path.name[: -len(".json")], sidecar, None) is not None:
                 out.append(sidecar)
         return out
 
@@ -436,3 +441,9 @@ class RoiCache:
 
 def _key_of(parts: Mapping[str, Any]) -> str:
     return hashlib.sha256(_canonical(parts).encode()).hexdigest()
+
+
+def _matches(sidecar: Mapping[str, Any], prompt: str | None, backend: str | None) -> bool:
+    """Whether an entry was made with ``prompt`` and by ``backend`` (None: any)."""
+    parts = sidecar.get("key_parts", {})
+    return (prompt is None or parts.get("prompt") == prompt) and (backend is None or parts.get("backend") == backend)

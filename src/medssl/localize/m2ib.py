@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medssl.errors import MedsslInputError
+from medssl.tensors import eval_mode
 
 #: Initial value of every α element: λ = sigmoid(5) ≈ 0.993 (almost everything passes at first).
 INIT_ALPHA = 5.0
@@ -193,14 +194,9 @@ def m2ib_train(model: Any, tokenizer_or_text_features: Any, image_tensor: torch.
         raise ValueError(f"steps and batch must be >= 1, got {steps}, {batch}")
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     device, dtype = _param_device_dtype(model)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode(False):
-            return _train(model, trunk, tokenizer_or_text_features, image_tensor, prompt, layer=layer, beta=beta,
-                          steps=steps, lr=lr, batch=batch, gen=gen, device=device, dtype=dtype)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.inference_mode(False):
+        return _train(model, trunk, tokenizer_or_text_features, image_tensor, prompt, layer=layer, beta=beta,
+                      steps=steps, lr=lr, batch=batch, gen=gen, device=device, dtype=dtype)
 
 
 def _train(model: Any, trunk: nn.Module, tokenizer_or_text_features: Any, image_tensor: torch.Tensor, prompt: str, *,

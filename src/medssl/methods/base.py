@@ -17,7 +17,6 @@ pool and its random generator); that state holds only tensors, lists, dicts and 
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar, Literal
@@ -28,6 +27,7 @@ from torch import Tensor, nn
 from medssl.config import MedsslConfig
 from medssl.errors import MedsslInputError
 from medssl.models.vnet import DualBranchVNet, Normalization, VNet
+from medssl.tensors import eval_mode
 
 
 class MethodConfig(MedsslConfig):
@@ -35,7 +35,7 @@ class MethodConfig(MedsslConfig):
 
 
 class NetworkConfig(MethodConfig):
-    """The V-Net every method trains (spec/corn.md section 1)."""
+    """The V-Net every method trains (the left-atrium V-Net of UA-MT, Yu et al., MICCAI 2019, arXiv:1907.07034, used by CORN (Li et al., IEEE BIBM 2024, arXiv:2410.15916))."""
 
     in_channels: int = Field(1, ge=1)
     n_classes: int = Field(2, ge=2)
@@ -87,13 +87,30 @@ class StepOutput:
 class SemiMethod(nn.Module):
     """A semi-supervised segmentation method as one small module.
 
-    Subclasses set ``name`` and ``config_class`` and implement :meth:`training_step` and
-    :meth:`segmentation_network`. ``iteration`` arguments count optimiser steps from 0 (the first step
+    Subclasses are registered with ``@register_method("name")``, set ``config_class`` (and capabilities
+    such as ``needs_unlabeled``) and implement :meth:`training_step` and :meth:`segmentation_network`. ``iteration`` arguments count optimiser steps from 0 (the first step
     is iteration 0); methods convert to their reference code's counter where that differs.
     """
 
+    #: registry name, set by :func:`medssl.methods.register_method`.
     name: ClassVar[str]
+    #: the pydantic schema of the method's ``method_config`` section.
     config_class: ClassVar[type[MethodConfig]]
+    #: whether batches carry unlabeled rows (``False``: the engine samples labeled volumes only).
+    needs_unlabeled: ClassVar[bool] = True
+
+    @classmethod
+    def settings_from_run(cls, config: MethodConfig, *, n_labeled: int, max_iterations: int) -> MethodConfig:
+        """``config`` with the settings that follow from the run filled where the user left them unset.
+
+        The default fills the config fields named ``n_labeled`` (feature-pool slots = labeled volumes)
+        and ``max_iterations`` (schedules over the whole run, e.g. UA-MT's uncertainty ramp).
+        """
+        run = {"n_labeled": n_labeled, "max_iterations": max_iterations}
+        fill = {k: v for k, v in run.items() if k in type(config).model_fields and k not in config.model_fields_set}
+        if not fill:
+            return config
+        return type(config).model_validate({**config.model_dump(exclude_unset=True), **fill})
 
     def training_step(self, batch: SemiBatch, iteration: int) -> StepOutput:
         """Compute the loss of ``batch`` at optimiser step ``iteration`` (0-based)."""
@@ -105,6 +122,15 @@ class SemiMethod(nn.Module):
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         """The parameters the optimiser updates (EMA teachers excluded)."""
         return (p for p in self.parameters() if p.requires_grad)
+
+    def encoders_to_initialise(self) -> dict[str, nn.Module]:
+        """The V-Net encoders a pretrained encoder file initialises (``--init-encoder``), by module name.
+
+        Default: every submodule whose name ends in ``encoder``, EMA teachers excluded (they copy the
+        student).
+        """
+        return {name: module for name, module in self.named_modules()
+                if name.endswith("encoder") and "teacher" not in name}
 
     def segmentation_network(self) -> nn.Module:
         """The network used at inference: ``logits = net(x)[0]``, (B, n_classes, H, W, D)."""
@@ -122,19 +148,6 @@ def check_batch(batch: SemiBatch, need_unlabeled: bool) -> None:
     if batch.label.shape[0] != b or batch.label.shape[1:] != batch.image.shape[2:]:
         raise MedsslInputError("batch", f"label shape {tuple(batch.label.shape)} does not match image "
                                f"shape {tuple(batch.image.shape)}")
-
-
-@contextlib.contextmanager
-def eval_mode(*modules: nn.Module) -> Iterator[None]:
-    """Put ``modules`` in eval mode for the block and restore each one's previous mode afterwards."""
-    previous = [m.training for m in modules]
-    try:
-        for m in modules:
-            m.eval()
-        yield
-    finally:
-        for m, was_training in zip(modules, previous, strict=True):
-            m.train(was_training)
 
 
 def touch_parameters(*modules: nn.Module) -> Tensor:

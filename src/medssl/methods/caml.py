@@ -1,5 +1,5 @@
 """Cosine-correlation baseline: CORN's "no CCM" ablation, after correlation-aware mutual learning
-(spec/corn.md section 3, last bullet).
+(CAML, Gao et al., MICCAI 2023, arXiv:2307.06312; CORN: Li et al., IEEE BIBM 2024, arXiv:2410.15916).
 
 The top ``num_filtered`` agreeing unlabeled voxels of each pseudo-class (by branch-1 confidence) are
 compared with all pool anchors by cosine similarity; each row becomes ``softmax(sim / temperature)``
@@ -20,6 +20,7 @@ from medssl.methods.base import MethodConfig
 from medssl.methods.coral import select_per_class
 from medssl.methods.correlation import Similarity, correlation_consistency_loss, correlation_matrix
 from medssl.methods.pooled import PooledConfig, PooledDualBranchMethod
+from medssl.methods.registry import register_method
 
 
 class CamlConfig(PooledConfig):
@@ -30,10 +31,10 @@ class CamlConfig(PooledConfig):
     similarity: Similarity = Field("cosine", description="cosine or dot")
 
 
+@register_method("caml")
 class CamlMethod(PooledDualBranchMethod):
     """Dual-branch V-Net + feature pool + cosine correlation consistency."""
 
-    name: ClassVar[str] = "caml"
     config_class: ClassVar[type[MethodConfig]] = CamlConfig
     config: CamlConfig
     loss_key: ClassVar[str] = "corr"

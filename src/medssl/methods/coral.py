@@ -1,5 +1,5 @@
 """CORAL correlation: covariance alignment between unlabeled features and labeled anchors
-(spec/corn.md section 3).
+(the CORAL-Correlation Consistency Module of CORN (Li et al., IEEE BIBM 2024, arXiv:2410.15916); CORAL distance: Sun & Saenko, ECCV 2016 workshops, arXiv:1607.01719).
 
 Features are (N, d) row matrices (one row per voxel). ``selections`` map a pseudo-class to indices of
 rows; ``anchors`` map an anchor class to its (n_c, d) labeled features from the feature pool.

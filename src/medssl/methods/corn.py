@@ -1,4 +1,4 @@
-"""CORN: CORAL-correlation consistency with a dynamic feature pool (spec/corn.md sections 2-4).
+"""CORN: CORAL-correlation consistency with a dynamic feature pool (CORN (Li et al., IEEE BIBM 2024, arXiv:2410.15916): losses, CCM and DFP).
 
 Loss ``0.5 L_s + w_c(t) L_c + w_d(t) L_d``. For the CCM term ``L_d``, the agreeing unlabeled voxels of
 each pseudo-class are ranked by branch-1 confidence and the top and bottom ``num_filtered // 4`` are
@@ -27,6 +27,7 @@ from medssl.methods.coral import (
     select_per_class,
 )
 from medssl.methods.pooled import PooledConfig, PooledDualBranchMethod
+from medssl.methods.registry import register_method
 
 
 class CornConfig(PooledConfig):
@@ -40,10 +41,10 @@ class CornConfig(PooledConfig):
     chunk_temperature: float = Field(0.01, gt=0.0, description="temperature (chunked variant only)")
 
 
+@register_method("corn")
 class CornMethod(PooledDualBranchMethod):
     """CORN (branch 1 is the segmentation network at inference)."""
 
-    name: ClassVar[str] = "corn"
     config_class: ClassVar[type[MethodConfig]] = CornConfig
     config: CornConfig
     loss_key: ClassVar[str] = "coral"

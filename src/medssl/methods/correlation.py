@@ -1,5 +1,5 @@
 """Cosine correlation between unlabeled features and labeled anchors: the "no CCM" ablation of CORN,
-i.e. the correlation-aware mutual-learning baseline (spec/corn.md section 3, last bullet)."""
+i.e. the correlation-aware mutual-learning baseline (CAML, Gao et al., MICCAI 2023, arXiv:2307.06312)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Dual-branch baseline (MC-Net style, spec/corn.md section 2 without the CCM): two V-Nets with
+"""Dual-branch baseline (MC-Net, Wu et al., MICCAI 2021, arXiv:2103.02911; CORN (Li et al., IEEE BIBM 2024, arXiv:2410.15916) without the CCM): two V-Nets with
 different upsampling, a supervised loss on both and a cross-branch consistency on every row."""
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from medssl.methods.base import (
 )
 from medssl.methods.losses import cross_pseudo_supervision, foreground_dice_loss, sharpened_mse_consistency
 from medssl.methods.ramps import ramp_weight
+from medssl.methods.registry import register_method
 
 
 class DualBranchConfig(MethodConfig):
@@ -43,6 +44,7 @@ class DualBranchConfig(MethodConfig):
                            "smooth ramp for short CPU runs)")
 
 
+@register_method("dual_branch")
 class DualBranchMethod(SemiMethod):
     """Loss ``sup_weight * L_s + w_c(t) * L_c``.
 
@@ -51,7 +53,6 @@ class DualBranchMethod(SemiMethod):
     ramp, so the ramp uses ``iteration + 1``. Inference uses branch 1.
     """
 
-    name: ClassVar[str] = "dual_branch"
     config_class: ClassVar[type[MethodConfig]] = DualBranchConfig
     config: DualBranchConfig
 

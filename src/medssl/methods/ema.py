@@ -1,4 +1,4 @@
-"""Exponential-moving-average teachers (spec/corn.md section 7)."""
+"""Exponential-moving-average teachers (Mean Teacher, Tarvainen & Valpola, NeurIPS 2017, arXiv:1703.01780)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Dynamic feature pool: labeled anchor features for the CORAL / correlation consistency
-(spec/corn.md section 4).
+(the Dynamic Feature Pool of CORN (Li et al., IEEE BIBM 2024, arXiv:2410.15916)).
 
 One slot per labeled training volume, keyed by its dataset index. Each update stores the projected
 features of the voxels both branches got right in that volume, grouped by class. Anchors are drawn per

@@ -1,4 +1,4 @@
-"""Mean Teacher (spec/corn.md section 7): an EMA teacher's softmax on noisy unlabeled input is the
+"""Mean Teacher (Tarvainen & Valpola, NeurIPS 2017, arXiv:1703.01780): an EMA teacher's softmax on noisy unlabeled input is the
 student's consistency target."""
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from medssl.methods.base import (
 from medssl.methods.ema import ema_alpha, ema_update, make_teacher
 from medssl.methods.losses import ce_dice_loss, softmax_mse
 from medssl.methods.ramps import ramp_weight
+from medssl.methods.registry import register_method
 
 
 class MeanTeacherConfig(MethodConfig):
@@ -41,6 +42,7 @@ class MeanTeacherConfig(MethodConfig):
     noise_clip: float = Field(0.2, ge=0.0, description="the noise is clamped to +-noise_clip")
 
 
+@register_method("mean_teacher")
 class MeanTeacherMethod(SemiMethod):
     """Student V-Net trained with ``0.5 (CE + Dice)`` on labeled rows plus ``w(t) * MSE(softmaxes)``
     against the EMA teacher on unlabeled rows; the teacher follows the student after each step with
@@ -50,7 +52,6 @@ class MeanTeacherMethod(SemiMethod):
     teacher's dropout is active). Ramps use the 0-based ``iteration`` like the reference.
     """
 
-    name: ClassVar[str] = "mean_teacher"
     config_class: ClassVar[type[MethodConfig]] = MeanTeacherConfig
 
     def __init__(self, config: MeanTeacherConfig | None = None) -> None:

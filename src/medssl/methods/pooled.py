@@ -1,4 +1,4 @@
-"""Dual-branch methods with per-voxel heads and a dynamic feature pool (spec/corn.md sections 3-4).
+"""Dual-branch methods with per-voxel heads and a dynamic feature pool (CCM and DFP of CORN (Li et al., IEEE BIBM 2024, arXiv:2410.15916)).
 
 Shared by CORN (CORAL correlation) and its cosine-correlation ablation. Each step:
 

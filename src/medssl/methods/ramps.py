@@ -1,4 +1,4 @@
-"""Loss-weight ramps (spec/corn.md sections 2 and 7)."""
+"""Loss-weight ramps (the sigmoid ramp-up of Laine & Aila, ICLR 2017, arXiv:1610.02242, as used by UA-MT and CORN (Li et al., IEEE BIBM 2024, arXiv:2410.15916))."""
 
 from __future__ import annotations
 

@@ -17,6 +17,7 @@ from medssl.methods.base import (
     make_vnet,
 )
 from medssl.methods.losses import ce_dice_loss
+from medssl.methods.registry import register_method
 
 
 class SupervisedConfig(MethodConfig):
@@ -25,11 +26,12 @@ class SupervisedConfig(MethodConfig):
     network: NetworkConfig = Field(default_factory=NetworkConfig)
 
 
+@register_method("supervised")
 class SupervisedMethod(SemiMethod):
     """V-Net on the labeled part of each batch (unlabeled rows, if any, are not used)."""
 
-    name: ClassVar[str] = "supervised"
     config_class: ClassVar[type[MethodConfig]] = SupervisedConfig
+    needs_unlabeled: ClassVar[bool] = False
 
     def __init__(self, config: SupervisedConfig | None = None) -> None:
         super().__init__()

@@ -1,4 +1,4 @@
-"""Uncertainty-aware Mean Teacher (spec/corn.md section 7): the consistency is restricted to voxels
+"""Uncertainty-aware Mean Teacher (Yu et al., MICCAI 2019, arXiv:1907.07034): the consistency is restricted to voxels
 where the teacher is certain, measured by the entropy of T noisy teacher passes."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from medssl.methods.base import MethodConfig, SemiBatch, StepOutput, check_batch
 from medssl.methods.losses import LN2, entropy, softmax_mse
 from medssl.methods.mean_teacher import MeanTeacherConfig, MeanTeacherMethod
 from medssl.methods.ramps import ramp_weight, sigmoid_rampup
+from medssl.methods.registry import register_method
 
 
 class UAMTConfig(MeanTeacherConfig):
@@ -34,11 +35,11 @@ def uncertainty_threshold(iteration: int, max_iterations: int) -> float:
     return (0.75 + 0.25 * sigmoid_rampup(iteration, max_iterations)) * LN2
 
 
+@register_method("ua_mt")
 class UAMTMethod(MeanTeacherMethod):
     """Mean Teacher whose consistency ``sum(mask * (p_s - p_t)^2) / (2 sum(mask) + 1e-16)`` only counts
     voxels with teacher entropy below :func:`uncertainty_threshold`."""
 
-    name: ClassVar[str] = "ua_mt"
     config_class: ClassVar[type[MethodConfig]] = UAMTConfig
     config: UAMTConfig
 

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from medssl.tensors import to_numpy
+
 __all__ = [
     "CLASSIFICATION_METRIC_KEYS",
     "accuracy",
@@ -44,16 +46,10 @@ __all__ = [
 CLASSIFICATION_METRIC_KEYS = ("accuracy", "balanced_accuracy", "auroc", "auprc", "f1")
 
 
-def _as_numpy(value: Any) -> np.ndarray:
-    if hasattr(value, "detach"):
-        value = value.detach().cpu().numpy()
-    return np.asarray(value)
-
-
 def _check(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
     """(N, K) float64 scores and (N,) int64 labels, validated."""
-    s = _as_numpy(scores).astype(np.float64)
-    y = _as_numpy(labels)
+    s = to_numpy(scores).astype(np.float64)
+    y = to_numpy(labels)
     if s.ndim != 2 or s.shape[1] < 2:
         raise ValueError(f"scores must have shape (N, K) with K >= 2 classes, got {s.shape}")
     if y.ndim != 1 or y.shape[0] != s.shape[0]:
@@ -101,8 +97,8 @@ def binary_auroc(score: Any, positive: Any) -> float:
     """
     from scipy.stats import rankdata
 
-    x = _as_numpy(score).astype(np.float64).ravel()
-    t = _as_numpy(positive).astype(bool).ravel()
+    x = to_numpy(score).astype(np.float64).ravel()
+    t = to_numpy(positive).astype(bool).ravel()
     n_pos = int(t.sum())
     n_neg = t.size - n_pos
     if n_pos == 0 or n_neg == 0:
@@ -117,8 +113,8 @@ def average_precision(score: Any, positive: Any) -> float:
     ``AP = sum_n (R_n - R_{n-1}) P_n`` where ``n`` runs over the distinct score thresholds from the
     highest down and samples with equal scores enter together.
     """
-    x = _as_numpy(score).astype(np.float64).ravel()
-    t = _as_numpy(positive).astype(bool).ravel()
+    x = to_numpy(score).astype(np.float64).ravel()
+    t = to_numpy(positive).astype(bool).ravel()
     n_pos = int(t.sum())
     if n_pos == 0:
         return float("nan")

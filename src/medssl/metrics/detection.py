@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from medssl.tensors import to_numpy
+
 __all__ = [
     "DETECTION_KEYS",
     "SIZE_KEYS",
@@ -50,15 +52,9 @@ SIZE_KEYS: tuple[str, ...] = ("box_ap_small", "box_ap_medium", "box_ap_large",
 _STAT_INDEX = {"ap": 0, "ap50": 1, "ap75": 2, "ap_small": 3, "ap_medium": 4, "ap_large": 5}
 
 
-def _np(x: Any) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
 def binary_masks(masks: Any, threshold: float = 0.5) -> np.ndarray:
     """(N, H, W) bool masks from (N, H, W) or (N, 1, H, W) binary masks or probabilities (``>= threshold``)."""
-    arr = _np(masks)
+    arr = to_numpy(masks)
     if arr.ndim == 4 and arr.shape[1] == 1:
         arr = arr[:, 0]
     if arr.ndim != 3:
@@ -81,7 +77,7 @@ def encode_masks(masks: np.ndarray) -> list[dict[str, Any]]:
 
 
 def _xywh(boxes: Any) -> np.ndarray:
-    b = _np(boxes).astype(np.float64).reshape(-1, 4)
+    b = to_numpy(boxes).astype(np.float64).reshape(-1, 4)
     return np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], axis=1)
 
 
@@ -91,7 +87,7 @@ def _size(entry: Mapping[str, Any], key: str = "masks") -> tuple[int, int]:
         return h, w
     masks = entry.get(key)
     if masks is not None:
-        shape = _np(masks).shape
+        shape = to_numpy(masks).shape
         return int(shape[-2]), int(shape[-1])
     return 0, 0
 
@@ -108,8 +104,8 @@ def coco_ground_truth(ground_truth: Sequence[Mapping[str, Any]], category_ids: S
         h, w = _size(gt)
         images.append({"id": int(image_id), "height": h, "width": w})
         boxes = _xywh(gt["boxes"])
-        labels = _np(gt["labels"]).reshape(-1)
-        crowd = _np(gt["iscrowd"]).reshape(-1) if gt.get("iscrowd") is not None else np.zeros(len(boxes), bool)
+        labels = to_numpy(gt["labels"]).reshape(-1)
+        crowd = to_numpy(gt["iscrowd"]).reshape(-1) if gt.get("iscrowd") is not None else np.zeros(len(boxes), bool)
         masks = binary_masks(gt["masks"]) if gt.get("masks") is not None and len(boxes) else None
         rles = encode_masks(masks) if masks is not None else [None] * len(boxes)
         for k in range(len(boxes)):
@@ -134,8 +130,8 @@ def coco_detections(predictions: Sequence[Mapping[str, Any]], image_ids: Sequenc
     results = []
     for image_id, pred in zip(ids, predictions, strict=True):
         boxes = _xywh(pred["boxes"])
-        scores = _np(pred["scores"]).reshape(-1)
-        labels = _np(pred["labels"]).reshape(-1)
+        scores = to_numpy(pred["scores"]).reshape(-1)
+        labels = to_numpy(pred["labels"]).reshape(-1)
         if not len(boxes):
             continue
         use_masks = masks and pred.get("masks") is not None
@@ -213,10 +209,10 @@ def coco_metrics(
     if category_ids is None:
         found: set[int] = set()
         for gt in ground_truth:
-            found.update(int(v) for v in _np(gt["labels"]).reshape(-1))
+            found.update(int(v) for v in to_numpy(gt["labels"]).reshape(-1))
         category_ids = sorted(found)
-    gt_has_masks = all(gt.get("masks") is not None or not len(_np(gt["labels"]).reshape(-1)) for gt in ground_truth)
-    pred_has_masks = all(p.get("masks") is not None or not len(_np(p["scores"]).reshape(-1)) for p in predictions)
+    gt_has_masks = all(gt.get("masks") is not None or not len(to_numpy(gt["labels"]).reshape(-1)) for gt in ground_truth)
+    pred_has_masks = all(p.get("masks") is not None or not len(to_numpy(p["scores"]).reshape(-1)) for p in predictions)
     with_masks = gt_has_masks and pred_has_masks
     gts = [dict(gt) for gt in ground_truth]
     for gt, pred in zip(gts, predictions, strict=True):

@@ -29,6 +29,7 @@ import numpy as np
 
 from medssl.errors import MedsslInputError
 from medssl.metrics.segmentation import dice, directed_surface_distances
+from medssl.tensors import to_numpy
 
 #: Score keys of :func:`localization_metrics`, in report order.
 LOCALIZATION_METRIC_KEYS: tuple[str, ...] = ("dice", "nsd", "precision", "recall")
@@ -37,8 +38,8 @@ __all__ = ["LOCALIZATION_METRIC_KEYS", "localization_metrics", "normalized_surfa
 
 
 def _pair(pred: Any, gt: Any) -> tuple[np.ndarray, np.ndarray]:
-    p = np.atleast_1d(np.asarray(pred.detach().cpu().numpy() if hasattr(pred, "detach") else pred)).astype(bool)
-    g = np.atleast_1d(np.asarray(gt.detach().cpu().numpy() if hasattr(gt, "detach") else gt)).astype(bool)
+    p = np.atleast_1d(to_numpy(pred)).astype(bool)
+    g = np.atleast_1d(to_numpy(gt)).astype(bool)
     if p.shape != g.shape:
         raise MedsslInputError("localization metrics", f"prediction shape {p.shape} differs from ground-truth "
                                                        f"shape {g.shape}")

@@ -31,6 +31,7 @@ import numpy as np
 from scipy import ndimage
 
 from medssl.errors import MedsslInputError
+from medssl.tensors import to_numpy
 
 EmptyPolicy = Literal["reference", "nan"]
 EMPTY_POLICIES: tuple[str, ...] = ("reference", "nan")
@@ -50,9 +51,7 @@ METRIC_KEYS: tuple[str, ...] = (
 
 def _as_bool(mask: Any) -> np.ndarray:
     """Any array-like (numpy, CPU/GPU torch tensor, nested lists) → numpy bool array (nonzero = True)."""
-    if hasattr(mask, "detach"):
-        mask = mask.detach().cpu().numpy()
-    return np.atleast_1d(np.asarray(mask)).astype(bool)
+    return np.atleast_1d(to_numpy(mask)).astype(bool)
 
 
 def _check_pair(pred: np.ndarray, gt: np.ndarray) -> None:

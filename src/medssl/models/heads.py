@@ -1,4 +1,4 @@
-"""Per-voxel projection and prediction heads (spec/corn.md section 1).
+"""Per-voxel projection and prediction heads (CORN (Li et al., IEEE BIBM 2024, arXiv:2410.15916), as in its reference code).
 
 Both heads act on features flattened to (N, C): one row per voxel. Batch normalisation is over the N
 voxels, so in training mode the statistics are those of the voxels passed in.

@@ -1,4 +1,4 @@
-"""SparK masked image modeling for CNN encoders, 2D and 3D (spec/mwm.md section 4).
+"""SparK masked image modeling for CNN encoders, 2D and 3D (Tian et al., ICLR 2023, arXiv:2301.03580; the model of Mask What Matters, arXiv:2509.23054).
 
 One forward step, for images ``x`` (B, C, *S) and a patch visibility mask (B, *grid) (True = visible):
 
@@ -52,6 +52,7 @@ from medssl.models.sparse import (
     sparse_layers,
     visibility,
 )
+from medssl.tensors import eval_mode
 
 InputMode = Literal["native", "replicate3"]
 DensifyNorm = Literal["auto", "bn", "ln", "none"]
@@ -269,13 +270,8 @@ def _uses_layer_norm(encoder: nn.Module) -> bool:
 def _probe_channels(encoder: nn.Module, features: FeatureFn, dims: int, channels_in: int,
                     patch: int) -> tuple[int, ...]:
     """Channels of the features of ``encoder``, from one eval-mode forward on zeros (2 patches/axis)."""
-    was_training = encoder.training
-    encoder.eval()
-    try:
-        with torch.no_grad():
-            out = features(encoder, torch.zeros(1, channels_in, *([2 * patch] * dims)))
-    finally:
-        encoder.train(was_training)
+    with eval_mode(encoder), torch.no_grad():
+        out = features(encoder, torch.zeros(1, channels_in, *([2 * patch] * dims)))
     return tuple(int(f.shape[1]) for f in out)
 
 

@@ -1,4 +1,4 @@
-"""The left-atrium V-Net and its dual-branch form (spec/corn.md section 1).
+"""The left-atrium V-Net and its dual-branch form (Milletari et al., 3DV 2016, arXiv:1606.04797, in the left-atrium variant of UA-MT / MC-Net used by CORN (Li et al., IEEE BIBM 2024, arXiv:2410.15916)).
 
 Layout (base width ``w`` = 16 in the published setting):
 
