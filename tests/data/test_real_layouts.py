@@ -13,11 +13,11 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from medssl.data.classify import ClassifyDataConfig, open_classification_data
+from medssl.data.detect import DetectDataConfig, open_detect_data
 from medssl.data.inspect import inspect_path
 from medssl.data.io import write_png
 from medssl.data.layouts import CocoDataset, find_coco_annotations, imagefolder_files, is_imagefolder
 from medssl.data.pretrain import list_pretrain_images
-from medssl.data.detect import DetectDataConfig, open_detect_data
 from medssl.errors import MedsslInputError
 from medssl.localize.run import list_images
 from shared_paths import SHARED
