@@ -33,17 +33,11 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
+from medssl.components import label_components, largest_components
 from medssl.data.io import ImageData
 from medssl.errors import MedsslInputError
 from medssl.localize.base import CLASSICAL_ROI, LocalizationResult, make_provenance
-from medssl.localize.postprocess import (
-    boxes_to_mask,
-    component_boxes,
-    expand_box,
-    kmeans_binarize,
-    label_components,
-    largest_components,
-)
+from medssl.localize.postprocess import boxes_to_mask, component_boxes, expand_box, kmeans_binarize
 
 #: Intensity percentiles mapped to 0 and 1 before thresholding.
 PERCENTILES = (1.0, 99.0)
