@@ -70,7 +70,8 @@ def test_edited_maps_change_the_params(tmp_path: Path) -> None:
 
 
 def test_registry_names_and_errors() -> None:
-    assert available_localizers() == ("structures", "files", "segmenter", "biomedclip-sam", "clipseg")
+    assert available_localizers() == ("structures", "files", "segmenter", "ct-lung-fields", "shuffled", "biomedclip-sam",
+                                      "clipseg")
     with pytest.raises(MedsslInputError, match="unknown localization backend"):
         create_localizer("nope")
     with pytest.raises(MedsslInputError, match="bad backend parameters"):

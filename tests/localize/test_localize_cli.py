@@ -6,7 +6,6 @@ import csv
 import hashlib
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import nibabel as nib
@@ -16,20 +15,10 @@ from PIL import Image
 
 from medssl.cli import main
 from medssl.data.synthetic import synthesize
-from medssl.localize import structures as structures_module
 from medssl.localize.structures import SentenceEncoder
 from medssl.metrics.localization import normalized_surface_dice
 
 LA = "A cardiac MRI highlighting the left atrium"
-
-
-@pytest.fixture(scope="module")
-def encoder() -> Iterator[SentenceEncoder]:
-    """One real sentence encoder for the whole module (every StructuresLocalizer gets it)."""
-    shared = SentenceEncoder()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(structures_module, "SentenceEncoder", lambda *a, **k: shared)
-        yield shared
 
 
 @pytest.fixture(scope="module")

@@ -139,3 +139,20 @@ def test_roi_only_entries_score_boxes_only_and_shape_errors(tmp_path: Path) -> N
         evaluate_localization(tmp_path / "cache", tmp_path / "labels")
     with pytest.raises(MedsslInputError, match="label folder does not exist"):
         evaluate_localization(tmp_path / "cache", tmp_path / "nope")
+
+
+def test_ignore_label_pixels_are_left_out(tmp_path: Path) -> None:
+    """Label 255 = ignore: a ROI spilling onto the ignore region loses nothing (precision 1, not 6 / 10)."""
+    from medssl.localize import create_localizer
+
+    write_png(tmp_path / "images" / "a.png", np.arange(36, dtype=np.uint8).reshape(6, 6))
+    label = np.zeros((6, 6), np.uint8)
+    label[0:2, 0:3] = 1
+    label[4:6, 4:6] = 255
+    write_png(tmp_path / "labels" / "a.png", label)
+    write_png(tmp_path / "maps" / "a.png", (label > 0).astype(np.uint8))
+    cache = RoiCache(tmp_path / "cache")
+    cache.get_or_compute(read_image(tmp_path / "images" / "a.png"), "x", create_localizer("files", root=tmp_path / "maps"))
+    result = evaluate_localization(tmp_path / "cache", tmp_path / "labels", tolerance=1.0)
+    (row,) = [r for r in result.rows if r["product"] == "boxes"]
+    assert (row["dice"], row["precision"], row["recall"]) == (1.0, 1.0, 1.0)

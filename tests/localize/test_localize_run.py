@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,6 @@ from medssl.data.io import read_image, write_nifti
 from medssl.data.synthetic import synthesize
 from medssl.errors import MedsslInputError
 from medssl.localize import RoiCache
-from medssl.localize import structures as structures_module
 from medssl.localize.run import (
     LocalizeRunConfig,
     backend_context,
@@ -26,15 +24,6 @@ from medssl.localize.run import (
 from medssl.localize.structures import SentenceEncoder, StructuresLocalizer
 
 LA = "A cardiac MRI highlighting the left atrium"
-
-
-@pytest.fixture(scope="module")
-def encoder() -> Iterator[SentenceEncoder]:
-    """One real sentence encoder for the whole module (every StructuresLocalizer gets it)."""
-    shared = SentenceEncoder()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(structures_module, "SentenceEncoder", lambda *a, **k: shared)
-        yield shared
 
 
 @pytest.fixture(scope="module")

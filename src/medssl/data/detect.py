@@ -1,7 +1,9 @@
 """COCO detection data for Mask R-CNN: splits, decoded samples, normalisation statistics, batches.
 
-Data: a COCO instances JSON whose ``file_name`` entries are relative to ``data.root`` (the embedded
-``brain2d`` / ``chest2d`` sets write ``<root>/annotations.json`` with ``train.list`` / ``test.list``).
+Data: a COCO instances JSON whose ``file_name`` entries are relative to ``data.root`` or to
+``<root>/images`` (the embedded ``brain2d`` / ``chest2d`` sets write ``<root>/annotations.json`` with
+``train.list`` / ``test.list``; the usual public layout is ``<root>/images/`` +
+``<root>/annotations/instances*.json``).
 Training images: ``data.train_split`` (default ``<root>/train.list`` when it exists, else every image of the
 JSON). Validation images: ``data.val_split`` (default: every image of ``data.val_annotations`` when given,
 else ``<root>/test.list`` when it exists, else none); for the embedded sets the validation images are
@@ -24,7 +26,7 @@ from pydantic import Field
 from torch import Tensor
 
 from medssl.config import MedsslConfig
-from medssl.data.layouts import CocoDataset, CocoSample, strip_suffix
+from medssl.data.layouts import CocoDataset, CocoSample, find_coco_annotations, strip_suffix
 from medssl.errors import MedsslInputError
 
 __all__ = ["DetectData", "DetectDataConfig", "DetectSplit", "SampleStore", "build_detect_batch_fn", "image_mean_std",
@@ -34,8 +36,9 @@ __all__ = ["DetectData", "DetectDataConfig", "DetectSplit", "SampleStore", "buil
 class DetectDataConfig(MedsslConfig):
     """Where the COCO data is and which images train and validate (see the module docstring)."""
 
-    root: Path = Field(description="Image root: COCO file_name entries are relative to it.")
-    annotations: Path | None = Field(None, description="COCO instances JSON (default <root>/annotations.json).")
+    root: Path = Field(description="Dataset root: COCO file_name entries are relative to it or to <root>/images.")
+    annotations: Path | None = Field(None, description="COCO instances JSON (default <root>/annotations.json, "
+                                     "else the one <root>/annotations/instances*.json).")
     train_split: str | None = Field(None, description="Training images: a list name (<root>/<name>.list), a "
                                     "list file, or 'all' (default: train.list if present, else all).")
     val_annotations: Path | None = Field(None, description="Separate COCO JSON of the validation images.")
@@ -129,7 +132,7 @@ def open_detect_data(cfg: DetectDataConfig) -> DetectData:
             split list or list entry, or no training image.
     """
     root = Path(cfg.root)
-    annotations = Path(cfg.annotations) if cfg.annotations is not None else root / "annotations.json"
+    annotations = Path(cfg.annotations) if cfg.annotations is not None else find_coco_annotations(root)
     train_ds = CocoDataset(root, annotations)
     chosen = _select(train_ds, root, cfg.train_split, "train", "train")
     if chosen is None or not chosen[0]:

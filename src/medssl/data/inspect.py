@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from medssl.data import io, validate
+from medssl.data.layouts import IGNORE_LABEL, find_coco_annotations, is_imagefolder
 from medssl.errors import MedsslInputError
 
 #: Percentiles reported in the intensity statistics.
@@ -81,6 +82,7 @@ class InspectionReport:
     label: LabelStats | None = None
     layout: str = ""
     cases: list[CaseSummary] = field(default_factory=list)
+    summary: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -130,6 +132,8 @@ class InspectionReport:
         return lines
 
     def _dataset_lines(self) -> list[str]:
+        if self.summary:  # ImageFolder / COCO / masks: a layout summary instead of one line per case
+            return [f"layout:       {self.layout}", *self.summary]
         shapes: dict[tuple[int, ...], int] = {}
         for case in self.cases:
             if case.image_shape is not None:
@@ -323,6 +327,32 @@ def _inspect_nnunet(root: Path) -> InspectionReport:
     return report
 
 
+def _public_layout(root: Path) -> InspectionReport | None:
+    """The report of an ImageFolder, COCO (images/ + annotations) or images/ + masks/ folder; None otherwise."""
+    from medssl.data import inspect_layouts
+
+    if is_imagefolder(root):
+        lines, problems = inspect_layouts.imagefolder_summary(root)
+        layout = "ImageFolder (<root>/[<split>/]<class>/<image>)"
+    elif (root / "images").is_dir() and not (root / "labels").is_dir() and _has_coco(root):
+        lines, problems = inspect_layouts.coco_summary(root, find_coco_annotations(root))
+        layout = "COCO instances (images/ + annotation file)"
+    elif (root / "images").is_dir() and (root / "masks").is_dir():
+        lines, problems = inspect_layouts.masks_summary(root)
+        layout = f"images/ + masks/ (value {IGNORE_LABEL} = ignore)"
+    else:
+        return None
+    return InspectionReport(source=str(root), kind="dataset", layout=layout, summary=lines, problems=problems)
+
+
+def _has_coco(root: Path) -> bool:
+    try:
+        find_coco_annotations(root)
+    except MedsslInputError:
+        return False
+    return True
+
+
 def inspect_path(path: str | Path, label: str | Path | None = None) -> InspectionReport:
     """Inspect an image file, a DICOM series folder or a dataset folder.
 
@@ -331,7 +361,9 @@ def inspect_path(path: str | Path, label: str | Path | None = None) -> Inspectio
     counts, foreground fraction, bounding box (voxels) and whether its geometry matches.
     For a folder with ``images/`` (+ ``labels/``, matched by file name), an nnU-Net raw dataset
     (``nnunet:<folder>`` or ``dataset.json`` + ``imagesTr/``) or ``<case>/mri_norm2.h5`` cases: one line per
-    case and the problems found; any other folder is read as a DICOM series.
+    case and the problems found. For the public 2D layouts (:mod:`medssl.data.inspect_layouts`): an
+    ImageFolder root (classes and counts per split), a COCO folder (categories and instances) or
+    ``images/`` + ``masks/`` (mask values, ignore fraction). Any other folder is read as a DICOM series.
 
     Raises:
         MedsslInputError: the path (or label) cannot be read at all.
@@ -348,13 +380,16 @@ def inspect_path(path: str | Path, label: str | Path | None = None) -> Inspectio
         raise MedsslInputError(path, "no such file or folder")
     if path.is_dir():
         la_cases = sorted(p for p in path.iterdir() if (p / LA_FILE).is_file())
-        is_dataset = (path / "images").is_dir() or bool(la_cases)
+        is_dataset = (path / "images").is_dir() or bool(la_cases) or is_imagefolder(path)
         if is_dataset and label is not None:
             raise MedsslInputError(label, "--label applies to a single image, not to a dataset folder")
-        if (path / "images").is_dir():
-            return _inspect_images_labels(path)
         if la_cases:
             return _inspect_la(path, la_cases)
+        layout = _public_layout(path)
+        if layout is not None:
+            return layout
+        if (path / "images").is_dir():
+            return _inspect_images_labels(path)
         if not _holds_dicom(path):
             raise MedsslInputError(path, "neither a dataset folder (images/ + labels/, or <case>/"
                                          f"{LA_FILE}) nor a DICOM series folder")

@@ -4,7 +4,14 @@
   :class:`~medssl.data.spec.VolumeDataset`; the embedded synthetic datasets use this layout).
 * :class:`ImageFolderDataset`: ``<root>/<class>/<image>`` classification.
 * :class:`CsvClassificationDataset`: a CSV with columns ``image,label[,split]``.
-* :class:`CocoDataset`: COCO-style detection / instance segmentation.
+* :class:`CocoDataset`: COCO-style detection / instance segmentation; file names resolve against the
+  root or its ``images/`` folder, and :func:`find_coco_annotations` finds the annotation file of the
+  usual ``<root>/annotations/instances*.json`` layout.
+* :func:`imagefolder_files`: the images of an ImageFolder root, with or without split folders
+  (``<root>/[<split>/]<class>/<image>``).
+
+Masks folders (``<root>/images/`` + ``<root>/masks/``) hold integer masks in which
+:data:`IGNORE_LABEL` (255) marks pixels that losses and metrics leave out.
 
 Images are read with :func:`medssl.data.io.read_image`, labels with :func:`medssl.data.io.read_label`;
 arrays keep the reader's spatial-first axis order. Problems a user can cause raise
@@ -28,6 +35,9 @@ from medssl.errors import MedsslInputError
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".jpg", ".jpeg",
                   ".tif", ".tiff", ".bmp", ".dcm", ".h5")
 _SHOW = 5
+
+#: Mask value of pixels that losses and metrics ignore (the annotators' "ignore" regions).
+IGNORE_LABEL = 255
 
 
 def _names(items: Sequence[str]) -> str:
@@ -205,6 +215,47 @@ class ImageFolderDataset(_ClassificationSamples):
             raise MedsslInputError(self.root, "empty dataset (no images in the class folders)")
 
 
+def _image_files(folder: Path) -> list[Path]:
+    return [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")
+            and p.name.lower().endswith(IMAGE_SUFFIXES)]
+
+
+def _visible_dirs(folder: Path) -> list[Path]:
+    return [p for p in sorted(folder.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+
+
+def is_imagefolder(root: Path) -> bool:
+    """Whether ``root`` is an ImageFolder root: ``<root>/<class>/<image>`` or ``<root>/<split>/<class>/<image>``.
+
+    The root itself holds no image files; some sub-folder holds images (classes) or sub-folders that
+    hold images (split folders).
+    """
+    root = Path(root)
+    if not root.is_dir() or _image_files(root) or (root / "images").is_dir():
+        return False
+    subs = _visible_dirs(root)
+    return any(_image_files(d) for d in subs) or any(_image_files(c) for d in subs for c in _visible_dirs(d))
+
+
+def imagefolder_files(root: str | Path) -> dict[str, dict[str, list[Path]]]:
+    """The image files of an ImageFolder root: ``{split: {class: [files, sorted]}}``.
+
+    Without split folders (``<root>/<class>/<image>``) the one split is named ``""``. A folder counts as
+    a split folder when it holds no images itself but class sub-folders that do.
+
+    Raises:
+        MedsslInputError: ``root`` is not an ImageFolder root.
+    """
+    root = Path(root)
+    if not is_imagefolder(root):
+        raise MedsslInputError(root, "not an ImageFolder root (expected <root>/[<split>/]<class>/<image>)")
+    subs = _visible_dirs(root)
+    if any(_image_files(d) for d in subs):
+        return {"": {d.name: _image_files(d) for d in subs if _image_files(d)}}
+    return {d.name: {c.name: _image_files(c) for c in _visible_dirs(d) if _image_files(c)}
+            for d in subs if any(_image_files(c) for c in _visible_dirs(d))}
+
+
 
 def _class_order(values: Sequence[str]) -> list[str]:
     unique = set(values)
@@ -291,8 +342,38 @@ class CocoSample:
     file_name: str
 
 
+def coco_image_root(root: Path, file_names: Sequence[str]) -> Path:
+    """The folder COCO ``file_names`` are relative to: ``root``, else ``root/images`` when all are found there."""
+    if all((root / f).is_file() for f in file_names[:_SHOW]) or not (root / "images").is_dir():
+        return root
+    return root / "images" if all((root / "images" / f).is_file() for f in file_names[:_SHOW]) else root
+
+
+def find_coco_annotations(root: str | Path) -> Path:
+    """The COCO annotation file of a dataset folder.
+
+    ``<root>/annotations.json`` when it exists, else the one ``<root>/annotations/instances*.json``.
+
+    Raises:
+        MedsslInputError: none found, or several candidates (the message lists them).
+    """
+    root = Path(root)
+    if (root / "annotations.json").is_file():
+        return root / "annotations.json"
+    found = sorted((root / "annotations").glob("instances*.json")) if (root / "annotations").is_dir() else []
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise MedsslInputError(root, "no COCO annotation file (expected annotations.json or "
+                               "annotations/instances*.json)")
+    raise MedsslInputError(root, f"several COCO annotation files, name one: {_names([p.name for p in found])}")
+
+
 class CocoDataset:
     """COCO-style detection / instance segmentation: ``annotation_json`` + images under ``root``.
+
+    ``file_name`` entries are relative to ``root``, or to ``root/images`` (the usual layout with
+    ``root/annotations/instances*.json``) when they are found there (:attr:`image_root`).
 
     Validated on construction: the JSON structure, every image file exists, every annotation refers
     to a known image and category, boxes have positive size and lie inside their image (0.5 pixel
@@ -329,7 +410,8 @@ class CocoDataset:
         by_id = {im["id"]: im for im in self.images}
         if len(by_id) != len(self.images):
             raise MedsslInputError(src, "duplicate image ids")
-        missing = [im["file_name"] for im in self.images if not (self.root / im["file_name"]).is_file()]
+        self.image_root = coco_image_root(self.root, [str(im["file_name"]) for im in self.images])
+        missing = [im["file_name"] for im in self.images if not (self.image_root / im["file_name"]).is_file()]
         if missing:
             raise MedsslInputError(src, f"{len(missing)} referenced image(s) not found under {self.root}: {_names(missing)}")
         self._anns: dict[int, list[dict]] = {i: [] for i in by_id}
@@ -359,11 +441,16 @@ class CocoDataset:
     def __len__(self) -> int:
         return len(self.images)
 
+    def image_path(self, i: int) -> Path:
+        """The file of image ``i``."""
+        return self.image_root / str(self.images[i]["file_name"])
+
     def annotations(self, i: int) -> list[dict]:
         """The raw annotation dicts of image ``i``."""
         return self._anns[self.images[i]["id"]]
 
-    def _mask(self, ann: dict, height: int, width: int) -> np.ndarray:
+    def instance_mask(self, ann: dict, height: int, width: int) -> np.ndarray:
+        """(H, W) uint8 {0, 1} mask of one annotation (polygons, compressed or uncompressed RLE)."""
         from pycocotools import mask as mask_utils
 
         seg = ann["segmentation"]
@@ -391,7 +478,7 @@ class CocoDataset:
     def __getitem__(self, i: int) -> CocoSample:
         info = self.images[i]
         height, width = info["height"], info["width"]
-        path = self.root / info["file_name"]
+        path = self.image_path(i)
         image = _read_pixels(path)
         if image.shape[:2] != (height, width):
             raise MedsslInputError(path, f"image is {image.shape[0]}x{image.shape[1]} (HxW) but the annotation file "
@@ -403,6 +490,6 @@ class CocoDataset:
         crowd = np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool)
         masks = None
         if anns and all(a.get("segmentation") for a in anns):
-            masks = np.stack([self._mask(a, height, width) for a in anns])
+            masks = np.stack([self.instance_mask(a, height, width) for a in anns])
         return CocoSample(image=image, boxes=boxes, category_ids=cats, masks=masks, iscrowd=crowd,
                           image_id=info["id"], file_name=str(info["file_name"]))

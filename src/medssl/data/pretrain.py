@@ -37,7 +37,7 @@ from torch import Tensor
 
 from medssl.config import MedsslConfig
 from medssl.data.io import ImageData, read_image
-from medssl.data.layouts import IMAGE_SUFFIXES, strip_suffix
+from medssl.data.layouts import IMAGE_SUFFIXES, imagefolder_files, is_imagefolder, strip_suffix
 from medssl.errors import MedsslInputError
 
 if TYPE_CHECKING:
@@ -65,7 +65,8 @@ class PretrainDataConfig(MedsslConfig):
     image; another name ``<folder>/<name>.list``; or the path of a list file (one case id per line).
     """
 
-    folder: Path = Field(description="Dataset folder (images/ layout) or a plain folder of images.")
+    folder: Path = Field(description="Dataset folder (images/ layout), a plain folder of images or an ImageFolder "
+                         "root (<root>/[<split>/]<class>/<image>; labels unused).")
     split: str | None = Field(None, description="None (train.list if present), 'all', a list name or file.")
     image_size: int = Field(224, ge=1, description="2D: images are resized to image_size x image_size pixels.")
     crop_size: tuple[int, ...] | None = Field(None, description="3D: random crop size in voxels "
@@ -121,7 +122,8 @@ def list_pretrain_images(folder: str | Path, split: str | None = None) -> list[P
 
     Args:
         folder: ``<root>`` with ``images/`` (embedded layout), a plain folder of image files, or an
-            nnU-Net raw dataset (``nnunet:<root>``, or a folder with ``dataset.json`` + ``imagesTr/``).
+            nnU-Net raw dataset (``nnunet:<root>``, or a folder with ``dataset.json`` + ``imagesTr/``), or
+            an ImageFolder root ``<root>/[<split>/]<class>/<image>`` (every image; the classes are unused).
         split: see :class:`PretrainDataConfig`.
 
     Raises:
@@ -136,7 +138,14 @@ def list_pretrain_images(folder: str | Path, split: str | None = None) -> list[P
     if not root.is_dir():
         raise MedsslInputError(root, "no such data folder")
     image_dir = root / "images" if (root / "images").is_dir() else root
-    files = {strip_suffix(p.name): p for p in sorted(image_dir.iterdir()) if _is_image_file(p)}
+    if is_imagefolder(root):  # <root>/[<split>/]<class>/<image>: every image, labels unused
+        paths = [p for classes in imagefolder_files(root).values() for ps in classes.values() for p in ps]
+    else:
+        paths = [p for p in sorted(image_dir.iterdir()) if _is_image_file(p)]
+    files: dict[str, Path] = {}
+    for p in paths:
+        if files.setdefault(strip_suffix(p.name), p) != p:
+            raise MedsslInputError(p, f"two images share the case name {strip_suffix(p.name)!r}: {files[strip_suffix(p.name)]}")
     if not files:
         raise MedsslInputError(image_dir, "no image files found (expected PNG / JPEG / NIfTI / NRRD / ... files)")
     list_path: Path | None

@@ -4,7 +4,11 @@
 
 * ``structures``: the prompt matched to a named-structures label map by sentence-embedding
   similarity; ROI = boxes around the matched structures (:mod:`.structures`).
-* ``files``: ROI maps a user already has, one file per image (:mod:`.files`).
+* ``files``: ROI maps a user already has, one file per image, or ground-truth boxes from a box list or
+  a COCO file ("oracle ROI") (:mod:`.files`, :mod:`.box_lists`).
+* ``ct-lung-fields``: classical lung fields of 2D chest CT slices ("classical") (:mod:`.ct_lungs`).
+* ``shuffled``: a control giving each image another image's ROI, or a random box of the same size
+  (:mod:`.shuffled`).
 * ``segmenter``: a segmentation run trained with medssl whose class names answer the prompt
   (:mod:`.segmenter`).
 * ``biomedclip-sam``: BiomedCLIP M2IB saliency → binary mask → SAM box prompts → boxes
@@ -109,6 +113,18 @@ def _segmenter(**params: Any) -> Localizer:
     return SegmenterLocalizer(**params)
 
 
+def _ct_lung_fields(**params: Any) -> Localizer:
+    from medssl.localize.ct_lungs import CtLungFieldsLocalizer
+
+    return CtLungFieldsLocalizer(**params)
+
+
+def _shuffled(**params: Any) -> Localizer:
+    from medssl.localize.shuffled import ShuffledLocalizer
+
+    return ShuffledLocalizer(**params)
+
+
 def _biomedclip_sam(**params: Any) -> Localizer:
     from medssl.localize.biomedclip_sam import BiomedClipSamLocalizer
 
@@ -126,11 +142,13 @@ LOCALIZERS: MappingProxyType[str, Callable[..., Localizer]] = MappingProxyType({
     "structures": _structures,
     "files": _files,
     "segmenter": _segmenter,
+    "ct-lung-fields": _ct_lung_fields,
+    "shuffled": _shuffled,
     "biomedclip-sam": _biomedclip_sam,
     "clipseg": _clipseg,
 })
 
-_AVAILABLE = ("structures", "files", "segmenter", "biomedclip-sam", "clipseg")
+_AVAILABLE = ("structures", "files", "segmenter", "ct-lung-fields", "shuffled", "biomedclip-sam", "clipseg")
 
 
 def available_localizers() -> tuple[str, ...]:

@@ -85,6 +85,21 @@ class Localizer(Protocol):
         ...
 
 
+#: ``provenance["roi_source"]`` of the backends whose ROI is not a model's answer to the prompt: ground-truth
+#: boxes (``files`` with box lists), a classical image-processing rule (``ct-lung-fields``) and the shuffled
+#: control (``shuffled``). Tables and previews name a ROI by :func:`roi_source_label`.
+ORACLE_ROI = "oracle ROI"
+CLASSICAL_ROI = "classical"
+SHUFFLED_ROI = "shuffled control"
+
+
+def roi_source_label(provenance: dict[str, Any]) -> str:
+    """How tables and previews name a ROI: ``backend`` or ``backend (roi_source)``, e.g. ``files (oracle ROI)``."""
+    backend = str(provenance.get("backend", "?"))
+    source = provenance.get("roi_source")
+    return f"{backend} ({source})" if source else backend
+
+
 def medssl_version() -> str:
     """The installed medssl version."""
     from medssl import __version__

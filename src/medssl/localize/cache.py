@@ -38,7 +38,7 @@ import numpy as np
 
 from medssl.data.io import ImageData, read_image, write_nifti, write_png
 from medssl.errors import MedsslInputError
-from medssl.localize.base import LocalizationResult, Localizer
+from medssl.localize.base import LocalizationResult, Localizer, roi_source_label
 from medssl.runtime.atomic import atomic_path, write_json_atomic
 from medssl.tensors import to_numpy
 
@@ -412,7 +412,8 @@ class RoiCache:
         Fields: ``format_version``; ``entries`` (complete entries); ``images`` (distinct image
         contents); ``images_with_roi`` (distinct images with at least one non-empty ROI);
         ``empty_entries``; ``entries_with_intermediates``; ``mean_roi_fraction`` (mean over entries of
-        ROI voxels / image voxels; 0.0 for an empty cache); ``backends`` (entries per backend);
+        ROI voxels / image voxels; 0.0 for an empty cache); ``backends`` (entries per backend, named with
+        their ROI source where they have one, e.g. ``files (oracle ROI)``);
         ``prompts`` (entries per prompt).
         """
         entries = self.valid_entries()
@@ -421,7 +422,8 @@ class RoiCache:
         backends: dict[str, int] = {}
         prompts: dict[str, int] = {}
         for e in entries:
-            backends[e["key_parts"]["backend"]] = backends.get(e["key_parts"]["backend"], 0) + 1
+            source = roi_source_label({**e.get("provenance", {}), "backend": e["key_parts"]["backend"]})
+            backends[source] = backends.get(source, 0) + 1
             prompts[e["key_parts"]["prompt"]] = prompts.get(e["key_parts"]["prompt"], 0) + 1
         info = {
             "format_version": CACHE_FORMAT_VERSION,

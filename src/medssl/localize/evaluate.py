@@ -9,7 +9,9 @@ name of its image without the image ending (``image_source`` in the sidecar: ``i
 * ``refined``: the refined (SAM) mask;
 * ``boxes``: the ROI map (the union of the expanded boxes).
 
-Label foreground: every nonzero voxel, or the voxels whose value is in ``label_values``. The NSD
+Label foreground: every nonzero voxel, or the voxels whose value is in ``label_values``. Voxels of value
+:data:`~medssl.data.layouts.IGNORE_LABEL` (255, e.g. the ``cxr_lungs`` masks' "ignore" regions) are left
+out: removed from both the prediction and the foreground before scoring. The NSD
 tolerance is in mm for label files with geometry (NIfTI, NRRD, DICOM) and in pixels otherwise.
 
 Outputs in ``out_dir`` (default ``<cache>/evaluation``), written atomically:
@@ -32,7 +34,9 @@ from typing import Any
 import numpy as np
 
 from medssl.data.io import read_label
+from medssl.data.layouts import IGNORE_LABEL
 from medssl.errors import MedsslInputError
+from medssl.localize.base import roi_source_label
 from medssl.localize.cache import RoiCache
 from medssl.localize.run import find_by_stem
 from medssl.localize.structures import image_stem
@@ -76,7 +80,7 @@ class LocalizationEvaluation:
         """The localization table(s) as markdown."""
         lines: list[str] = []
         for g in self.groups:
-            lines.append(f"### {g['backend']}: \"{g['prompt']}\" ({g['images']} images, NSD tolerance "
+            lines.append(f"### {g.get('source', g['backend'])}: \"{g['prompt']}\" ({g['images']} images, NSD tolerance "
                          f"{self.tolerance:g})")
             lines.append("")
             if g["params"]:
@@ -158,17 +162,19 @@ def evaluate_localization(cache_dir: str | Path, labels_dir: str | Path, *, prom
         if label.array.shape != result.roi.shape:
             raise MedsslInputError(label_path, f"label shape {label.array.shape} does not match the ROI shape "
                                                f"{result.roi.shape} of {source}")
-        gt = _foreground(label.array, values)
+        ignore = label.array == IGNORE_LABEL  # annotators' "ignore" pixels count neither way
+        gt = _foreground(label.array, values) & ~ignore
         parts = entry["key_parts"]
         gid = _group_id(parts)
         group_info.setdefault(gid, {"group": gid, "backend": parts["backend"], "prompt": parts["prompt"],
+                                    "source": roi_source_label(entry.get("provenance") or parts),
                                     "params": parts.get("params") or {}, "images": 0})
         group_info[gid]["images"] += 1
         for product, (attr, _) in PRODUCTS.items():
             pred = getattr(result, attr)
             if pred is None:
                 continue
-            scores = localization_metrics(pred, gt, tolerance, label.spacing)
+            scores = localization_metrics(np.asarray(pred, bool) & ~ignore, gt, tolerance, label.spacing)
             rows.append({"image": source, "label": str(label_path), "key": entry["key"],
                          "backend": parts["backend"], "prompt": parts["prompt"], "group": gid,
                          "product": product, **scores})

@@ -20,7 +20,7 @@ import numpy as np
 
 from medssl.data.io import ImageData
 from medssl.data.preview import window
-from medssl.localize.base import LocalizationResult
+from medssl.localize.base import LocalizationResult, roi_source_label
 from medssl.localize.postprocess import Box, union_box
 from medssl.runtime.atomic import atomic_path
 
@@ -130,7 +130,7 @@ def write_localization_preview(path: str | Path, image: ImageData, result: Local
         ax.set_axis_off()
     if title is None:
         name = Path(image.source).name if image.source else "image"
-        backend = result.provenance.get("backend", "?")
+        backend = roi_source_label(result.provenance)
         where = "" if z is None else f", slice {z} of {shape[-1]} (last axis)"
         title = (f"{name}: {backend}{where}, ROI {100 * result.roi_fraction:.1f}% of the image\n"
                  f"prompt: {prompt or result.provenance.get('prompt', '')}")

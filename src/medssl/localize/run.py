@@ -5,6 +5,7 @@ Inputs (``LocalizeRunConfig.data``):
 * a dataset folder in the embedded layout: ``images/<case>.<ext>``, optional ``structures/<case>.<ext>``
   + ``structures.json``, ``labels/``, ``train.list`` / ``test.list``;
 * a plain folder of images (every visible file with an image ending; sub-folders are DICOM series);
+* an ImageFolder root ``<root>/[<split>/]<class>/<image>`` (every image of every split and class);
 * or explicit image files (several paths, each one image).
 
 Every image is read, localized with any registered backend (``create_localizer(backend, **params)``)
@@ -41,6 +42,7 @@ from pydantic import Field, field_validator, model_validator
 
 from medssl.config import MedsslConfig
 from medssl.data.io import FORMAT_SUFFIXES, read_image
+from medssl.data.layouts import find_coco_annotations, imagefolder_files, is_imagefolder
 from medssl.errors import MedsslInputError
 from medssl.localize.cache import RoiCache
 from medssl.localize.structures import find_by_stem, image_stem
@@ -241,7 +243,8 @@ def list_images(data: Sequence[Path], split: Path | None = None) -> list[Path]:
     if len(data) == 1 and data[0].is_dir():
         root = data[0]
         folder = root / "images" if (root / "images").is_dir() else root
-        images = _folder_images(folder)
+        images = (sorted(p for classes in imagefolder_files(root).values() for ps in classes.values() for p in ps)
+                  if is_imagefolder(root) else _folder_images(folder))
         if not images:
             raise MedsslInputError(folder, "no images found (expected files ending in "
                                            f"{', '.join(s for v in FORMAT_SUFFIXES.values() for s in v)})")
@@ -276,7 +279,8 @@ def backend_context(backend: str, image_path: Path) -> dict[str, Any] | None:
 
     ``structures``: ``{"structures": <root>/structures/<case>.<ext>, "structure_names":
     <root>/structures.json}`` for an image ``<root>/images/<case>.<ext>`` (names only when the table
-    exists); None when the layout has no map for the case (the backend then reports what is missing).
+    exists); else ``{"coco": <root>/annotations/instances*.json}`` for a COCO layout (the categories name
+    the structures); None when the layout has neither (the backend then reports what is missing).
     Other backends: None.
     """
     if backend != "structures":
@@ -284,7 +288,10 @@ def backend_context(backend: str, image_path: Path) -> dict[str, Any] | None:
     root = image_path.parent.parent
     found = find_by_stem(root / "structures", image_stem(image_path))
     if found is None:
-        return None
+        try:
+            return {"coco": find_coco_annotations(root)}
+        except MedsslInputError:
+            return None
     context: dict[str, Any] = {"structures": found}
     if (root / "structures.json").is_file():
         context["structure_names"] = root / "structures.json"

