@@ -49,7 +49,7 @@ from medssl.engine.semi_eval import (
     volume_predictor,
 )
 from medssl.errors import MedsslInputError
-from medssl.methods import SemiBatch, SemiMethod, get_method, method_config
+from medssl.methods import SemiBatch, SemiMethod, get_method
 from medssl.models.encoder_io import load_vnet_encoders, read_encoder
 from medssl.runtime.fast_paths import apply_fast_paths
 from medssl.runtime.rundir import PrepareMode, discard_failed_start

@@ -65,7 +65,7 @@ class MeanTeacherMethod(SemiMethod):
         noise = torch.randn_like(x) * self.config.noise_std
         return x + noise.clamp(-self.config.noise_clip, self.config.noise_clip)
 
-    def _supervised(self, logits: Tensor, batch: SemiBatch) -> tuple[Tensor, dict[str, float]]:
+    def _supervised(self, logits: Tensor, batch: SemiBatch) -> tuple[Tensor, dict[str, float | Tensor]]:
         lbs = batch.labeled_bs
         sup, ce, dice = ce_dice_loss(logits[:lbs], batch.label[:lbs])
         return sup, {"loss_sup": sup.detach(), "loss_ce": ce.detach(),

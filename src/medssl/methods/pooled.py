@@ -137,7 +137,8 @@ class PooledDualBranchMethod(DualBranchMethod):
         loss = self.config.sup_weight * sup + w_cons * cons + w_corr * corr
         key = self.loss_key
         n_unlabeled = plan.agree_order.numel()
-        logs = {"loss": loss.detach(), "loss_sup": sup.detach(), "loss_cons": cons.detach(),
+        logs: dict[str, float | Tensor] = {
+                "loss": loss.detach(), "loss_sup": sup.detach(), "loss_cons": cons.detach(),
                 f"loss_{key}": corr.detach(), "w_cons": w_cons, f"w_{key}": w_corr,
                 f"{key}_terms": n_terms if isinstance(n_terms, Tensor) else float(n_terms),
                 "agree_frac": plan.n_agree / max(n_unlabeled, 1),
