@@ -63,6 +63,19 @@ def regenerate_command(script: str, argv: Sequence[str] | None = None) -> str:
     return " ".join([PYTHON, f"benchmarks/{script}", *(shlex.quote(a) for a in args)])
 
 
+def add_table_args(p: argparse.ArgumentParser, name: str) -> None:
+    """``--table-only``, ``--results`` (per-point records) and ``--out`` (tables) of a small benchmark."""
+    p.add_argument("--table-only", action="store_true", help="only rebuild the table from the records")
+    p.add_argument("--results", type=Path, default=RESULTS / name, help="folder of the per-point records")
+    p.add_argument("--out", type=Path, default=RESULTS, help="folder of the table")
+
+
+def table_command(name: str, argv: Sequence[str] | None) -> str:
+    """The command that regenerates benchmark ``name``'s records (``--table-only`` left out)."""
+    given = list(sys.argv[1:] if argv is None else argv)
+    return regenerate_command(f"{name}.py", [a for a in given if a != "--table-only"])
+
+
 def environment(threads: int, device: str = "cpu") -> dict[str, Any]:
     """Facts that make timings comparable: versions, threads, device, CPU, date (UTC)."""
     import torch

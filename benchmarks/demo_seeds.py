@@ -47,9 +47,11 @@ def run_seed(seed: int, results: Path, threads: int | None) -> dict[str, Any]:
     return record
 
 
-def write_table(results: Path, out: Path, command: str) -> Path:
-    """``demo_seeds.{md,json}`` from the per-seed records."""
+def write_table(results: Path, out: Path, command: str) -> Path | None:
+    """``demo_seeds.{md,json}`` from the per-seed records (nothing is written before the first record)."""
     records = sorted(C.load_results(results), key=lambda r: r["seed"])
+    if not records:
+        return None
     dice = [100 * r["metrics"]["dice"] for r in records]
     body = [[r["seed"], f"{100 * r['metrics']['dice']:.2f}", f"{100 * r['metrics']['jaccard']:.2f}",
              f"{r['metrics']['hd95_vox']:.2f}", f"{r['metrics']['asd_vox']:.2f}",
@@ -74,19 +76,17 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="The demo's CORN result over training seeds.")
     p.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--table-only", action="store_true")
-    p.add_argument("--results", type=Path, default=C.RESULTS / NAME)
-    p.add_argument("--out", type=Path, default=C.RESULTS)
+    C.add_table_args(p, NAME)
     args = p.parse_args(argv)
-    given = list(sys.argv[1:] if argv is None else argv)
-    command = C.regenerate_command(f"{NAME}.py", [a for a in given if a != "--table-only"])
+    command = C.table_command(NAME, argv)
     if not args.table_only:
         for seed in args.seeds:
             if (args.results / f"s{seed}.json").is_file():
                 continue
             record = run_seed(seed, args.results, args.threads)
             C.say(f"seed {seed}: Dice {100 * record['metrics']['dice']:.2f} %")
-    C.say(f"wrote {C.rel(write_table(args.results, args.out, command))}")
+    table = write_table(args.results, args.out, command)
+    C.say(f"wrote {C.rel(table)}" if table else "no seed has been run yet: nothing written")
     return 0
 
 

@@ -179,12 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     p.add_argument("--jobs", type=int, default=1, help="seeds of one point in parallel (one thread each)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per run (default 1)")
-    p.add_argument("--table-only", action="store_true")
-    p.add_argument("--results", type=Path, default=C.RESULTS / NAME)
-    p.add_argument("--out", type=Path, default=C.RESULTS)
+    C.add_table_args(p, NAME)
     args = p.parse_args(argv)
-    given = list(sys.argv[1:] if argv is None else argv)
-    command = C.regenerate_command(f"{NAME}.py", [a for a in given if a != "--table-only"])
+    command = C.table_command(NAME, argv)
     failed = 0
     if not args.table_only:
         for width in args.widths:
