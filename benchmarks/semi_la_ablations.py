@@ -9,6 +9,8 @@ Arms (each a method plus ``--set`` overrides applied after the protocol's own):
   trained V-Nets with the reference code's Dice-only supervised loss: separates "what the
   consistency does" from "what the Dice-only loss does" (supervised uses 0.5 (CE + Dice));
 * ``caml``: CORN with the CAML cosine correlation instead of the CCM (the paper's "no CCM" ablation);
+* ``corn_no_dfp``: CORN whose anchors come from this iteration's labeled volumes only (no feature memory
+  across iterations: the paper's "no DFP" ablation);
 * ``corn_lambda0.01`` / ``corn_lambda0.2``: the CCM weight λ_d at 0.01 and 0.2 (published 0.05);
 * ``corn_cons0.1``: the cross-branch consistency weight λ_c at 0.1 (published 1.0);
 * ``corn_ramp_absolute``: the published ramp in absolute iterations (unit 150, length 40: full weight at
@@ -39,12 +41,13 @@ ARMS: dict[str, semi_la.Arm] = {
     "dual_branch_nocons": ("dual_branch", ["method_config.cons_weight=0.0"]),
     "corn": ("corn", []),
     "caml": ("caml", []),
+    "corn_no_dfp": ("corn", ["method_config.anchor_source=batch"]),
     "corn_lambda0.01": ("corn", ["method_config.coral_weight=0.01"]),
     "corn_lambda0.2": ("corn", ["method_config.coral_weight=0.2"]),
     "corn_cons0.1": ("corn", ["method_config.cons_weight=0.1"]),
     "corn_ramp_absolute": ("corn", ["method_config.ramp_unit=150", "method_config.rampup_length=40"]),
 }
-DEFAULT_ARMS = ("supervised", "dual_branch", "dual_branch_nocons", "corn", "caml")
+DEFAULT_ARMS = ("supervised", "dual_branch", "dual_branch_nocons", "corn", "caml", "corn_no_dfp")
 
 
 def build_jobs(args: argparse.Namespace, points: list[C.GridPoint], command: str) -> list[C.PointJob]:

@@ -142,3 +142,39 @@ def test_state_round_trip_gives_identical_draws() -> None:
     wrong = FeaturePool(n_slots=3, feat_dim=D, n_classes=2, memory_budget_bytes=2 * 8192)
     with pytest.raises(MedsslInputError, match="geometry"):
         wrong.load_state_dict(pool.state_dict())
+
+
+def test_anchors_from_given_slots_only() -> None:
+    """``keys`` limits the draw to those slots (the 'without DFP' ablation: this batch's volumes only),
+    and the class threshold then counts only their rows."""
+    pool = FeaturePool(n_slots=[3, 7], feat_dim=D, n_classes=2, memory_budget_bytes=BIG, seed=4)
+    pool.update(3, tagged(300, 3.0), torch.zeros(300).long())
+    pool.update(7, tagged(400, 7.0), torch.cat([torch.zeros(300), torch.ones(100)]).long())
+    only7 = pool.sample_anchors(keys=[7])
+    assert set(only7) == {0}  # class 1 has 100 < 256 rows in slot 7
+    assert torch.all(only7[0][:, 0] == 7.0)  # every anchor comes from slot 7
+    both = pool.sample_anchors()
+    assert set(torch.unique(both[0][:, 0]).tolist()) == {3.0, 7.0}
+    assert set(pool.sample_anchors(keys=[5])) == set()  # a slot the pool does not hold gives nothing
+
+
+def test_corn_batch_anchor_source_draws_from_the_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    from medssl.methods import create_method
+    from medssl.methods.base import SemiBatch
+
+    torch.manual_seed(0)
+    method = create_method("corn", {"network": {"base_width": 4}, "n_labeled": 4, "anchor_source": "batch",
+                                    "anchors_per_half": 2})
+    seen: list[object] = []
+    original = method.pool.sample_anchors
+
+    def spy(*args: object, **kwargs: object) -> dict[int, torch.Tensor]:
+        seen.append(kwargs.get("keys"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(method.pool, "sample_anchors", spy)
+    image = torch.randn(4, 1, 16, 16, 16)
+    label = torch.zeros(4, 16, 16, 16, dtype=torch.long)
+    label[:2, 4:12, 4:12, 4:12] = 1
+    method.training_step(SemiBatch(image=image, label=label, index=torch.tensor([2, 0, 5, 6]), labeled_bs=2), 0)
+    assert seen == [[2, 0]]

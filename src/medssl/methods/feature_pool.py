@@ -259,15 +259,18 @@ class FeaturePool(nn.Module):
 
     # ----------------------------------------------------------------------------------- sampling
     def sample_anchors(self, generator: torch.Generator | None = None,
-                       device: torch.device | str | None = None) -> dict[int, Tensor]:
+                       device: torch.device | str | None = None,
+                       keys: Sequence[int] | None = None) -> dict[int, Tensor]:
         """Anchors per class: ``class -> (2 * anchors_per_half, d)`` for every class with at least
         ``2 * anchors_per_half`` features in the whole pool (full counts); other classes are absent.
 
         Which classes qualify is decided from the host-side counts; the rows are drawn on the CPU
-        generator and gathered on the pool's device with fixed-size masked operations.
+        generator and gathered on the pool's device with fixed-size masked operations. ``keys`` limits
+        the draw to those slots (e.g. the labeled volumes of the current batch: no memory across
+        iterations, the "no DFP" ablation).
         """
         g = self.generator if generator is None else generator
-        keys = self.keys
+        keys = self.keys if keys is None else [k for k in self.keys if k in set(keys)]
         anchors: dict[int, Tensor] = {}
         for c in range(self.n_classes):
             if sum(self._full[k][c] for k in keys) < 2 * self.anchors_per_half:

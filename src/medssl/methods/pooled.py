@@ -16,7 +16,7 @@ Shared by CORN (CORAL correlation) and its cosine-correlation ablation. Each ste
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -51,6 +51,9 @@ class PooledConfig(DualBranchConfig):
     anchors_per_half: int = Field(128, ge=1, description="anchors per class = 2 x this")
     num_filtered: int = Field(12800, ge=4, description="unlabeled rows kept per pseudo-class (budget)")
     detach_target: bool = Field(False, description="detach branch 2's target (the code does not)")
+    anchor_source: Literal["pool", "batch"] = Field(
+        "pool", description="pool: anchors from every labeled volume's slot (the dynamic feature pool); batch: "
+        "only from this iteration's labeled volumes (the paper's 'without DFP' ablation)")
 
 
 class PooledDualBranchMethod(DualBranchMethod):
@@ -119,7 +122,8 @@ class PooledDualBranchMethod(DualBranchMethod):
         plan = plan_step(pred1, pred2, batch, self.config.network.n_classes)
 
         self.update_pool(emb1[:lbs], emb2[:lbs], plan)
-        anchors = self.pool.sample_anchors(device=batch.image.device)
+        anchors = self.pool.sample_anchors(device=batch.image.device,
+                                           keys=plan.keys if self.config.anchor_source == "batch" else None)
 
         corr: Tensor | None = None
         n_terms: Tensor | int = 0
