@@ -243,7 +243,8 @@ def reproducibility_note(seed: int) -> str:
     return (f"These numbers come from one training seed ({seed}; `medssl demo --seed N` for another); {spread}. "
             "The ± in the table is the spread over the test volumes, not over seeds. The same command on the "
             "same machine gives identical numbers; another CPU or BLAS build rounds differently, and a run this "
-            "short can move by several Dice points (one fresh machine gave 38.7 % where this one gave 45.5 %).")
+            "short can move by several Dice points (with earlier code one machine gave 38.7 % where another gave "
+            "45.5 %).")
 
 
 def _write_summary(result: DemoResult) -> None:
