@@ -49,7 +49,7 @@ DEFAULT_TRAINING_SEED = 1337
 #: CORN's Dice on the held-out atrium3d volumes over training seeds, as measured by
 #: ``benchmarks/demo_seeds.py`` (``benchmarks/results/demo_seeds.md``): (seeds, mean %, sample std %),
 #: or None before it has been measured.
-MEASURED_SEED_SPREAD: tuple[tuple[int, ...], float, float] | None = None
+MEASURED_SEED_SPREAD: tuple[tuple[int, ...], float, float] | None = ((1337, 1338, 1339), 41.6, 3.5)
 
 
 @dataclass
